@@ -1,0 +1,29 @@
+"""The one user-facing error type of autotimm-deploy.
+
+Every error a user can cause (a missing or hostile model file, a bad input size, an
+unsupported operator) is raised as an :class:`AutotimmError` subclass.  The CLIs catch
+it in ``main`` and print its message on one line, with no traceback, and exit with code 2.
+"""
+
+from __future__ import annotations
+
+
+class AutotimmError(Exception):
+    """Base class for errors a user can cause and fix.
+
+    The message says what went wrong and, where possible, how to fix it.
+    """
+
+    exit_code: int = 2
+
+
+class ModelFileError(AutotimmError):
+    """A model file is missing, unreadable, hostile or does not match its config."""
+
+
+class ExportError(AutotimmError):
+    """ONNX export or graph surgery failed for a reason the user can act on."""
+
+
+class ParityError(AutotimmError):
+    """A parity check could not run (not a parity *failure*, which is a verdict)."""

@@ -1,0 +1,88 @@
+"""timm ``features_only`` backbones returning [C3, C4, C5] (strides 8, 16, 32)."""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+import timm
+from torch import nn
+
+from ..errors import AutotimmError
+
+__all__ = ["create_feature_backbone", "backbone_channels", "backbone_strides", "FEATURE_STRIDES"]
+
+#: The strides of the three backbone levels the FPN consumes (C3, C4, C5).
+FEATURE_STRIDES = (8, 16, 32)
+
+
+class PretrainedWeightsError(AutotimmError):
+    """Pretrained weights were requested but could not be obtained."""
+
+
+def _check_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"backbone name must be a non-empty str, got {name!r}")
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('.')[0][:6]}*")[:8]
+        hint = f" Similar names: {', '.join(close)}." if close else ""
+        raise ValueError(f"unknown timm backbone {name!r}.{hint} See timm.list_models() for all names.")
+
+
+def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
+    if not pretrained:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs)
+    except Exception as exc:  # network, hub or cache errors all mean: no weights here
+        raise PretrainedWeightsError(
+            f"could not fetch pretrained weights for {name!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). "
+            "Use pretrained=False and load trained weights from a model file instead "
+            "(autotimm_deploy.load_model), or pre-populate the Hugging Face cache."
+        ) from exc
+
+
+def create_feature_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Create a timm ``features_only`` backbone returning [C3, C4, C5] (strides 8, 16, 32).
+
+    The levels are chosen from timm's ``feature_info`` by their reduction, never hard-coded;
+    the returned module's ``feature_info.channels()`` and ``feature_info.reduction()`` give
+    the channels and strides.
+
+    >>> import torch
+    >>> bb = create_feature_backbone("resnet18")
+    >>> bb.feature_info.channels(), bb.feature_info.reduction()
+    ([128, 256, 512], [8, 16, 32])
+    >>> [tuple(f.shape) for f in bb(torch.randn(1, 3, 64, 64))]
+    [(1, 128, 8, 8), (1, 256, 4, 4), (1, 512, 2, 2)]
+    """
+    _check_name(name)
+    if "features_only" in kwargs or "out_indices" in kwargs:
+        raise ValueError("create_feature_backbone chooses features_only/out_indices itself; do not pass them")
+    try:
+        probe = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
+    except Exception as exc:
+        raise ValueError(f"timm backbone {name!r} does not support features_only: {exc}") from exc
+    reductions = list(probe.feature_info.reduction())
+    indices: List[int] = []
+    for stride in FEATURE_STRIDES:
+        # the last level with this reduction is the deepest (most semantic) one
+        matches = [i for i, r in enumerate(reductions) if r == stride]
+        if not matches:
+            raise ValueError(
+                f"backbone {name!r} has feature levels with strides {reductions}; "
+                f"the FPN needs levels at strides {list(FEATURE_STRIDES)}"
+            )
+        indices.append(matches[-1])
+    out_indices = tuple(probe.feature_info.out_indices[i] for i in indices)
+    del probe
+    return _create(name, pretrained, features_only=True, out_indices=out_indices, **kwargs)
+
+
+def backbone_channels(backbone: nn.Module) -> List[int]:
+    """Channels of each returned level, from timm's ``feature_info``."""
+    return list(backbone.feature_info.channels())
+
+
+def backbone_strides(backbone: nn.Module) -> List[int]:
+    """Stride of each returned level, from timm's ``feature_info``."""
+    return list(backbone.feature_info.reduction())

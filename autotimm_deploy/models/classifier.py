@@ -1,0 +1,49 @@
+"""Image classifier: timm backbone with pooled features + ClassificationHead."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import timm
+from torch import Tensor, nn
+
+from .backbone import _check_name, _create
+from .detector import check_images
+from .heads import ClassificationHead, _check_positive_int
+
+__all__ = ["ImageClassifier"]
+
+
+class ImageClassifier(nn.Module):
+    """timm backbone (global pooled features, no classifier) followed by a :class:`ClassificationHead`.
+
+    >>> import torch
+    >>> model = ImageClassifier(backbone="resnet18", num_classes=4).eval()
+    >>> model(torch.randn(2, 3, 64, 64)).shape
+    torch.Size([2, 4])
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet50",
+        num_classes: int = 1000,
+        dropout: float = 0.0,
+        pretrained_backbone: bool = False,
+        backbone_kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        super().__init__()
+        _check_name(backbone)
+        _check_positive_int("num_classes", num_classes)
+        self.config: Dict[str, Any] = {
+            "backbone": backbone,
+            "num_classes": num_classes,
+            "dropout": dropout,
+            "backbone_kwargs": dict(backbone_kwargs or {}),
+        }
+        self.num_classes = num_classes
+        self.backbone = _create(backbone, pretrained_backbone, num_classes=0, **(backbone_kwargs or {}))
+        self.head = ClassificationHead(self.backbone.num_features, num_classes, dropout=dropout)
+
+    def forward(self, images: Tensor) -> Tensor:
+        check_images(images)
+        return self.head(self.backbone(images))
