@@ -1,0 +1,157 @@
+"""A deterministic synthetic "shapes" dataset for the demo models and the parity checks.
+
+Each image is a textured, low-saturation background with saturated shapes (rectangles,
+ellipses, triangles, crosses) in several colours.  Sample ``k`` of a split is rendered from
+the seed ``SPLIT_SEEDS[split] + k``, so the same call gives the same pixels and boxes
+everywhere.  Boxes are xyxy in pixels (exclusive right/bottom edge), labels index ``CLASSES``.
+
+>>> img, boxes, labels = render_detection_sample(0, size=128)
+>>> img.shape, img.dtype, boxes.shape[1], bool((boxes[:, 2:] > boxes[:, :2]).all())
+((128, 128, 3), dtype('uint8'), 4, True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "CLASSES",
+    "SPLIT_SEEDS",
+    "render_detection_sample",
+    "render_classification_sample",
+    "detection_split",
+    "write_detection_split",
+]
+
+CLASSES = ("rectangle", "ellipse", "triangle", "cross")
+SPLIT_SEEDS = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+_PALETTE = np.array(
+    [[230, 40, 40], [40, 200, 60], [50, 90, 240], [245, 210, 30], [220, 60, 220], [30, 210, 220], [250, 130, 20]],
+    dtype=np.uint8,
+)
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """Low-frequency colour gradient + stripes + pixel noise, kept low in saturation."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    base = rng.uniform(70, 170)
+    tint = rng.uniform(-15, 15, size=3)
+    gx, gy = rng.uniform(-40, 40, size=2)
+    img = base + gx * xx + gy * yy
+    freq, angle = rng.uniform(4, 14), rng.uniform(0, np.pi)
+    stripes = 12 * np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)))
+    img = img + stripes
+    out = img[..., None] + tint[None, None, :] + rng.normal(0, 6, size=(size, size, 3))
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, label: int, box: Tuple[int, int, int, int], color: Tuple[int, ...]) -> None:
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1, y2 - y1
+    if label == 0:
+        draw.rectangle([x1, y1, x2 - 1, y2 - 1], fill=color)
+    elif label == 1:
+        draw.ellipse([x1, y1, x2 - 1, y2 - 1], fill=color)
+    elif label == 2:
+        draw.polygon([(x1 + w / 2, y1), (x2 - 1, y2 - 1), (x1, y2 - 1)], fill=color)
+    else:
+        tx, ty = max(2, w // 3), max(2, h // 3)
+        draw.rectangle([x1 + (w - tx) // 2, y1, x1 + (w - tx) // 2 + tx - 1, y2 - 1], fill=color)
+        draw.rectangle([x1, y1 + (h - ty) // 2, x2 - 1, y1 + (h - ty) // 2 + ty - 1], fill=color)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def render_detection_sample(
+    seed: int, size: int = 128, max_objects: int = 4, min_size: int = 14, max_size: int = 64
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render one detection image: (H, W, 3) uint8, boxes (n, 4) float32 xyxy, labels (n,) int64."""
+    rng = np.random.default_rng(seed)
+    bg = _background(rng, size)
+    img = Image.fromarray(bg)
+    draw = ImageDraw.Draw(img)
+    boxes: List[np.ndarray] = []
+    labels: List[int] = []
+    n = int(rng.integers(1, max_objects + 1))
+    max_size = min(max_size, size)
+    for _ in range(n * 10):
+        if len(boxes) == n:
+            break
+        w = int(rng.integers(min_size, max_size + 1))
+        h = int(np.clip(w * rng.uniform(0.7, 1.4), min_size, max_size))
+        x1 = int(rng.integers(0, size - w + 1))
+        y1 = int(rng.integers(0, size - h + 1))
+        box = np.array([x1, y1, x1 + w, y1 + h], dtype=np.float32)
+        if any(_iou(box, b) > 0.15 for b in boxes):
+            continue
+        label = int(rng.integers(0, len(CLASSES)))
+        color = tuple(int(c) for c in _PALETTE[rng.integers(0, len(_PALETTE))])
+        _draw_shape(draw, label, (x1, y1, x1 + w, y1 + h), color)
+        boxes.append(box)
+        labels.append(label)
+    return (
+        np.asarray(img, dtype=np.uint8),
+        np.stack(boxes).astype(np.float32),
+        np.asarray(labels, dtype=np.int64),
+    )
+
+
+def render_classification_sample(seed: int, size: int = 64) -> Tuple[np.ndarray, int]:
+    """Render one classification image with a single shape: (H, W, 3) uint8 and its label."""
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(_background(rng, size))
+    label = int(rng.integers(0, len(CLASSES)))
+    w = int(rng.integers(size // 3, int(size * 0.85)))
+    h = int(np.clip(w * rng.uniform(0.7, 1.4), size // 4, size - 2))
+    x1 = int(rng.integers(0, size - w + 1))
+    y1 = int(rng.integers(0, size - h + 1))
+    color = tuple(int(c) for c in _PALETTE[rng.integers(0, len(_PALETTE))])
+    _draw_shape(ImageDraw.Draw(img), label, (x1, y1, x1 + w, y1 + h), color)
+    return np.asarray(img, dtype=np.uint8), label
+
+
+def detection_split(split: str, count: int, size: int = 128) -> List[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The first ``count`` samples of ``split`` ("train", "val" or "test")."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+    base = SPLIT_SEEDS[split]
+    return [render_detection_sample(base + k, size=size) for k in range(count)]
+
+
+def write_detection_split(out_dir: str | os.PathLike, split: str, count: int, size: int = 128) -> Path:
+    """Write ``count`` PNG images and a COCO-format ``annotations.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    coco: Dict[str, list] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": n} for i, n in enumerate(CLASSES)],
+    }
+    for k, (img, boxes, labels) in enumerate(detection_split(split, count, size)):
+        name = f"{split}_{k:05d}.png"
+        Image.fromarray(img).save(out / name)
+        coco["images"].append({"id": k, "file_name": name, "width": size, "height": size})
+        for b, l in zip(boxes.tolist(), labels.tolist()):
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": k,
+                    "category_id": int(l),
+                    "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                    "area": (b[2] - b[0]) * (b[3] - b[1]),
+                    "iscrowd": 0,
+                }
+            )
+    (out / "annotations.json").write_text(json.dumps(coco))
+    return out
