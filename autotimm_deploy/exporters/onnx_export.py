@@ -1,0 +1,222 @@
+"""PyTorch -> ONNX export with named per-level outputs, correct symbolic shapes and metadata."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import onnx
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import ExportError
+from ..models.decode import DECODING_CONVENTION
+from ..models.detector import ObjectDetector
+from ..models.io import LoadedModel
+
+__all__ = [
+    "ExportConfig",
+    "detector_output_names",
+    "export_onnx",
+    "check_input_size",
+    "max_stride",
+    "reinfer_shapes",
+    "LEVELS",
+    "DEFAULT_OPSET",
+]
+
+DEFAULT_OPSET = 17
+LEVELS = ("p3", "p4", "p5", "p6", "p7")
+
+
+def detector_output_names(num_levels: int = 5) -> List[str]:
+    """``cls_p3..cls_p7, bbox_p3..bbox_p7, ctr_p3..ctr_p7``: the raw-output contract for runtimes."""
+    lv = LEVELS[:num_levels]
+    return [f"cls_{l}" for l in lv] + [f"bbox_{l}" for l in lv] + [f"ctr_{l}" for l in lv]
+
+
+def max_stride(model: nn.Module) -> int:
+    """Largest stride of the backbone (32 for the usual timm backbones)."""
+    if isinstance(model, ObjectDetector):
+        return int(model.backbone.feature_info.reduction()[-1])
+    info = getattr(model.backbone, "feature_info", None)
+    if info:
+        return int(info[-1]["reduction"])
+    return 32
+
+
+def check_input_size(size: Sequence[int], stride: int) -> Tuple[int, int]:
+    """Validate (H, W): each a positive multiple of ``stride``; the error names the nearest valid sizes."""
+    if len(size) != 2:
+        raise ExportError(f"input size must be two numbers H W, got {list(size)}")
+    out = []
+    for name, v in zip(("height", "width"), size):
+        v = int(v)
+        if v < stride or v % stride:
+            lo = max(stride, (v // stride) * stride)
+            hi = max(stride, math.ceil(v / stride) * stride)
+            near = f"{lo}" if lo == hi else f"{lo} or {hi}"
+            raise ExportError(
+                f"input {name} {v} is not a multiple of the backbone's largest stride {stride}; "
+                f"nearest valid {name}: {near}"
+            )
+        out.append(v)
+    return out[0], out[1]
+
+
+@dataclass
+class ExportConfig:
+    """What the exported graph looks like.
+
+    ``input_size`` is (H, W) of the traced input; ``dynamic_batch`` makes the batch dim symbolic
+    and ``dynamic_hw`` makes H and W symbolic too.
+    """
+
+    input_size: Tuple[int, int]
+    batch_size: int = 1
+    dynamic_batch: bool = True
+    dynamic_hw: bool = False
+    opset: int = DEFAULT_OPSET
+    metadata: Dict[str, str] = field(default_factory=dict)
+
+
+class _ExportView(nn.Module):
+    """Flattens a detector's three per-level lists into one tuple (no change to the model itself)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        out = self.model(images)
+        if isinstance(out, tuple):
+            return tuple(t for group in out for t in group)
+        return out
+
+
+def reinfer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop stale value_info (the legacy exporter writes wrong dims) and re-infer with data propagation."""
+    del model.graph.value_info[:]
+    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+
+
+def _set_output_shapes(model: onnx.ModelProto, shapes: Dict[str, List]) -> None:
+    for out in model.graph.output:
+        if out.name not in shapes:
+            continue
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shapes[out.name]:
+            dim = dims.add()
+            if isinstance(d, int):
+                dim.dim_value = d
+            else:
+                dim.dim_param = d
+
+
+def export_onnx(loaded: LoadedModel, config: ExportConfig) -> onnx.ModelProto:
+    """Export a loaded model file to an in-memory ONNX model (raw outputs), checked and shape-inferred."""
+    model = loaded.model.eval()
+    stride = max_stride(model)
+    h, w = check_input_size(config.input_size, stride)
+    is_det = loaded.task == "detection"
+    output_names = detector_output_names() if is_det else ["logits"]
+    dynamic_axes: Dict[str, Dict[int, str]] = {}
+    if config.dynamic_batch or config.dynamic_hw:
+        in_axes: Dict[int, str] = {}
+        if config.dynamic_batch:
+            in_axes[0] = "batch"
+        if config.dynamic_hw:
+            in_axes.update({2: "height", 3: "width"})
+        dynamic_axes["images"] = in_axes
+        for name in output_names:
+            axes = {0: "batch"} if config.dynamic_batch else {}
+            if config.dynamic_hw and is_det:
+                lv = name.split("_")[1]
+                axes.update({2: f"height_{lv}", 3: f"width_{lv}"})
+            dynamic_axes[name] = axes
+    dummy = torch.randn(config.batch_size, 3, h, w)
+    # an eval-mode view: the legacy exporter restores the *wrapper's* mode recursively afterwards,
+    # so a train-mode wrapper would flip the user's model (and its BatchNorms) into training mode
+    view = _ExportView(model).eval()
+    with torch.no_grad():
+        ref = view(dummy)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                view,
+                (dummy,),
+                buf,
+                input_names=["images"],
+                output_names=output_names,
+                opset_version=config.opset,
+                dynamic_axes=dynamic_axes or None,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+    except Exception as exc:  # unsupported op, tracing failure
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"ONNX export of {loaded.config.get('backbone')!r} failed: {first}") from exc
+    onnx_model = onnx.load_from_string(buf.getvalue())
+    shapes = {}
+    for name, t in zip(output_names, ref):
+        dims: List = list(t.shape)
+        if config.dynamic_batch:
+            dims[0] = "batch"
+        if config.dynamic_hw and is_det:
+            lv = name.split("_")[1]
+            dims[2], dims[3] = f"height_{lv}", f"width_{lv}"
+        shapes[name] = dims
+    _set_output_shapes(onnx_model, shapes)
+    onnx_model = reinfer_shapes(onnx_model)
+    set_metadata(onnx_model, build_metadata(loaded, config, (h, w)))
+    try:
+        onnx.checker.check_model(onnx_model, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"exported ONNX failed the checker: {str(exc).splitlines()[0]}") from exc
+    return onnx_model
+
+
+def build_metadata(loaded: LoadedModel, config: ExportConfig, size: Tuple[int, int]) -> Dict[str, str]:
+    model = loaded.model
+    meta = {
+        "autotimm_deploy.version": __version__,
+        "task": loaded.task,
+        "num_classes": str(model.num_classes),
+        "class_names": json.dumps(loaded.metadata.get("class_names")),
+        "input_size": json.dumps(list(size)),
+        "dynamic_batch": json.dumps(config.dynamic_batch),
+        "dynamic_hw": json.dumps(config.dynamic_hw),
+        "mean": json.dumps(loaded.metadata.get("mean")),
+        "std": json.dumps(loaded.metadata.get("std")),
+        "model_config": json.dumps(loaded.config, sort_keys=True),
+        "source_sha256": loaded.sha256,
+        "decode": "raw",
+    }
+    if isinstance(model, ObjectDetector):
+        meta["strides"] = json.dumps(list(model.strides))
+        meta["decoding_convention"] = json.dumps(DECODING_CONVENTION, sort_keys=True)
+    meta.update(config.metadata)
+    return meta
+
+
+def set_metadata(model: onnx.ModelProto, meta: Dict[str, str]) -> None:
+    """Replace/insert ``metadata_props`` entries (keys sorted for deterministic files)."""
+    current = {p.key: p.value for p in model.metadata_props}
+    current.update(meta)
+    del model.metadata_props[:]
+    for k in sorted(current):
+        p = model.metadata_props.add()
+        p.key, p.value = k, str(current[k])
+
+
+def get_metadata(model: onnx.ModelProto) -> Dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}

@@ -1,0 +1,268 @@
+"""Graph-surgery passes (onnx-graphsurgeon) that fuse the FCOS decoding into the exported graph.
+
+Each pass is a small named function ``pass(graph, ...) -> graph`` that edits a
+:class:`onnx_graphsurgeon.Graph` in place in three steps: disconnect the raw output, insert
+the new nodes, then ``cleanup().toposort()``.
+
+- :func:`add_activations`: ``Sigmoid`` on ``cls_p*`` and ``ctr_p*``, ``Clip(max=BBOX_LOG_CLAMP)`` +
+  ``Exp`` on ``bbox_p*``; outputs keep their names (values become probabilities / pixel distances).
+- :func:`add_box_decode`: the full decode of :mod:`autotimm_deploy.models.decode`: outputs
+  ``boxes`` (B, N, 4) xyxy in input pixels and ``scores`` (B, N, num_classes).
+- :func:`add_topk`: keep the K candidates with the best class score per image.
+
+>>> # see examples/01_fuse_decode.py for a runnable walk-through
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..errors import ExportError
+from ..models.decode import BBOX_LOG_CLAMP, anchor_points
+from .onnx_export import LEVELS, reinfer_shapes
+
+__all__ = [
+    "import_graph",
+    "export_graph",
+    "add_activations",
+    "add_box_decode",
+    "add_topk",
+    "apply_decode",
+    "DECODE_MODES",
+]
+
+DECODE_MODES = ("raw", "activations", "boxes")
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    return gs.import_onnx(model)
+
+
+def export_graph(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph``, fold constants, copy the template's metadata/opsets and re-infer shapes."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # folding runs ONNX Runtime, whose optimiser warnings are noise here
+    graph.fold_constants().cleanup().toposort()
+    model = gs.export_onnx(graph)
+    model.ir_version = template.ir_version
+    del model.metadata_props[:]
+    model.metadata_props.extend(template.metadata_props)
+    model = reinfer_shapes(model)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _outputs(graph: gs.Graph) -> Dict[str, gs.Variable]:
+    return {t.name: t for t in graph.outputs}
+
+
+def _level_outputs(graph: gs.Graph, prefix: str) -> List[gs.Variable]:
+    outs = _outputs(graph)
+    found = [outs[f"{prefix}_{l}"] for l in LEVELS if f"{prefix}_{l}" in outs]
+    if not found:
+        raise ExportError(
+            f"graph has no {prefix}_p3..p7 outputs (outputs: {sorted(outs)}); "
+            "surgery passes apply to raw detector exports"
+        )
+    return found
+
+
+def _detach(graph: gs.Graph, out: gs.Variable, suffix: str) -> gs.Variable:
+    """Rename the producer's tensor to ``<name>_<suffix>`` and free ``out``'s name for a new tensor."""
+    name = out.name
+    out.name = f"{name}_{suffix}"
+    new = gs.Variable(name, dtype=out.dtype, shape=out.shape)
+    graph.outputs[graph.outputs.index(out)] = new
+    return new
+
+
+def _single(graph: gs.Graph, op: str, inputs, name: str, attrs=None, dtype=np.float32) -> gs.Variable:
+    (out,) = graph.layer(op=op, name=f"{name}/{op}", inputs=inputs, outputs=[gs.Variable(name, dtype=dtype)],
+                         attrs=attrs or {})
+    return out
+
+
+def _clip_exp(graph: gs.Graph, x: gs.Variable, name: str, out: Optional[gs.Variable] = None) -> gs.Variable:
+    """``Exp(Min(x, BBOX_LOG_CLAMP))``: pixel distances that cannot overflow FP16."""
+    hi = gs.Constant(f"{name}/clamp_max", np.array(BBOX_LOG_CLAMP, dtype=np.float32))
+    clipped = _single(graph, "Min", [x, hi], f"{name}/clamped")
+    if out is None:
+        return _single(graph, "Exp", [clipped], f"{name}/exp")
+    graph.layer(op="Exp", name=f"{out.name}/Exp", inputs=[clipped], outputs=[out])
+    return out
+
+
+def add_activations(graph: gs.Graph) -> gs.Graph:
+    """Sigmoid on cls/ctr, Clip(max) + Exp on bbox; each output keeps its name."""
+    for prefix in ("cls", "ctr", "bbox"):
+        for out in _level_outputs(graph, prefix):
+            new = _detach(graph, out, "logits")
+            if prefix == "bbox":
+                _clip_exp(graph, out, out.name, new)
+            else:
+                graph.layer(op="Sigmoid", name=f"{new.name}/Sigmoid", inputs=[out], outputs=[new])
+    return graph.cleanup().toposort()
+
+
+def _points_const(graph: gs.Graph, h: int, w: int, stride: int, level: str) -> gs.Constant:
+    """(H*W, 4) constant (px, py, px, py) for a static level size."""
+    pts = anchor_points(h, w, stride).numpy().astype(np.float32)
+    return gs.Constant(f"anchors_{level}/pxyxy", np.ascontiguousarray(np.concatenate([pts, pts], axis=1)))
+
+
+def _points_dynamic(graph: gs.Graph, feat: gs.Variable, stride: int, level: str) -> gs.Variable:
+    """(H*W, 4) anchor points (px, py, px, py) computed in-graph from the feature map's runtime H and W."""
+    n = f"anchors_{level}"
+    shape = _single(graph, "Shape", [feat], f"{n}/shape", dtype=np.int64)
+    ids = itertools.count()
+    i64 = lambda v: gs.Constant(f"{n}/const{next(ids)}", np.array(v, dtype=np.int64))
+    f32 = lambda v: gs.Constant(f"{n}/const{next(ids)}", np.array(v, dtype=np.float32))
+    h = _single(graph, "Gather", [shape, i64(2)], f"{n}/h", dtype=np.int64, attrs={"axis": 0})
+    w = _single(graph, "Gather", [shape, i64(3)], f"{n}/w", dtype=np.int64, attrs={"axis": 0})
+    hf = _single(graph, "Cast", [h], f"{n}/hf", attrs={"to": onnx.TensorProto.FLOAT})
+    wf = _single(graph, "Cast", [w], f"{n}/wf", attrs={"to": onnx.TensorProto.FLOAT})
+    ys = _single(graph, "Range", [f32(0.5), _single(graph, "Add", [hf, f32(0.5)], f"{n}/hend"), f32(1.0)], f"{n}/ys")
+    xs = _single(graph, "Range", [f32(0.5), _single(graph, "Add", [wf, f32(0.5)], f"{n}/wend"), f32(1.0)], f"{n}/xs")
+    ys = _single(graph, "Mul", [ys, f32(float(stride))], f"{n}/ys_px")
+    xs = _single(graph, "Mul", [xs, f32(float(stride))], f"{n}/xs_px")
+    hw = _single(graph, "Concat", [_single(graph, "Unsqueeze", [h, i64([0])], f"{n}/h1", dtype=np.int64),
+                                   _single(graph, "Unsqueeze", [w, i64([0])], f"{n}/w1", dtype=np.int64)],
+                 f"{n}/hw", dtype=np.int64, attrs={"axis": 0})
+    yy = _single(graph, "Expand", [_single(graph, "Unsqueeze", [ys, i64([1])], f"{n}/ycol"), hw], f"{n}/yy")
+    xx = _single(graph, "Expand", [_single(graph, "Unsqueeze", [xs, i64([0])], f"{n}/xrow"), hw], f"{n}/xx")
+    col = i64([-1, 1])
+    px = _single(graph, "Reshape", [xx, col], f"{n}/px")
+    py = _single(graph, "Reshape", [yy, col], f"{n}/py")
+    return _single(graph, "Concat", [px, py, px, py], f"{n}/pxyxy", attrs={"axis": 1})
+
+
+def _to_bnc(graph: gs.Graph, x: gs.Variable, channels: int, name: str) -> gs.Variable:
+    """(B, C, H, W) -> (B, H*W, C)."""
+    shape = gs.Constant(f"{name}/shape", np.array([0, channels, -1], dtype=np.int64))
+    r = _single(graph, "Reshape", [x, shape], f"{name}/flat")
+    return _single(graph, "Transpose", [r], f"{name}/bnc", attrs={"perm": [0, 2, 1]})
+
+
+def add_box_decode(
+    graph: gs.Graph,
+    strides: Sequence[int],
+    num_classes: int,
+    static_hw: Optional[Sequence[Tuple[int, int]]] = None,
+) -> gs.Graph:
+    """Replace the 15 raw outputs with ``boxes`` (B, N, 4) and ``scores`` (B, N, num_classes).
+
+    ``static_hw`` lists each level's (H, W) when the input size is static: anchor points and the
+    clip bounds are then folded to constants; otherwise they are computed from runtime shapes.
+    """
+    cls_outs = _level_outputs(graph, "cls")
+    box_outs = _level_outputs(graph, "bbox")
+    ctr_outs = _level_outputs(graph, "ctr")
+    if not (len(cls_outs) == len(box_outs) == len(ctr_outs) == len(strides)):
+        raise ExportError("box decode needs cls, bbox and ctr outputs for every stride")
+    images = graph.inputs[0]
+    if static_hw is None:
+        ishape = _single(graph, "Shape", [images], "decode/input_shape", dtype=np.int64)
+        hw = _single(graph, "Gather", [ishape, gs.Constant("decode/hw_idx", np.array([3, 2, 3, 2], dtype=np.int64))],
+                     "decode/whwh_i", dtype=np.int64, attrs={"axis": 0})
+        limits = _single(graph, "Cast", [hw], "decode/whwh", attrs={"to": onnx.TensorProto.FLOAT})
+    else:
+        ih, iw = images.shape[2], images.shape[3]
+        limits = gs.Constant("decode/whwh", np.array([iw, ih, iw, ih], dtype=np.float32))
+    zero = gs.Constant("decode/zero", np.array(0.0, dtype=np.float32))
+    level_boxes, level_scores = [], []
+    for k, (cls, box, ctr, stride) in enumerate(zip(cls_outs, box_outs, ctr_outs, strides)):
+        lv = LEVELS[k]
+        graph.outputs.remove(cls)
+        graph.outputs.remove(box)
+        graph.outputs.remove(ctr)
+        if static_hw is None:
+            pxyxy = _points_dynamic(graph, cls, stride, lv)
+        else:
+            pxyxy = _points_const(graph, *static_hw[k], stride, lv)
+        dist = _to_bnc(graph, _clip_exp(graph, box, f"decode_{lv}/dist"), 4, f"decode_{lv}/dist")  # (B, HW, 4)
+        sign = gs.Constant(f"decode_{lv}/sign", np.array([-1, -1, 1, 1], dtype=np.float32))
+        raw_boxes = _single(graph, "Add", [pxyxy, _single(graph, "Mul", [dist, sign], f"decode_{lv}/signed")],
+                            f"decode_{lv}/raw_boxes")
+        clipped = _single(graph, "Min", [_single(graph, "Max", [raw_boxes, zero], f"decode_{lv}/lo"), limits],
+                          f"decode_{lv}/boxes")
+        prob = _single(graph, "Mul", [_single(graph, "Sigmoid", [cls], f"decode_{lv}/cls_prob"),
+                                      _single(graph, "Sigmoid", [ctr], f"decode_{lv}/ctr_prob")],
+                       f"decode_{lv}/prob")
+        level_boxes.append(clipped)
+        level_scores.append(_to_bnc(graph, prob, num_classes, f"decode_{lv}/scores"))
+    boxes = _single(graph, "Concat", level_boxes, "boxes", attrs={"axis": 1})
+    scores = _single(graph, "Concat", level_scores, "scores", attrs={"axis": 1})
+    batch = images.shape[0]
+    boxes.shape, scores.shape = [batch, "num_candidates", 4], [batch, "num_candidates", num_classes]
+    graph.outputs.extend([boxes, scores])
+    return graph.cleanup().toposort()
+
+
+def add_topk(graph: gs.Graph, k: int) -> gs.Graph:
+    """Keep the ``k`` candidates with the highest max-class score: ``boxes`` (B, k', 4),
+    ``scores`` (B, k', C) and ``indices`` (B, k') into the full candidate list, k' = min(k, N)."""
+    if k < 1:
+        raise ExportError(f"top-k must be >= 1, got {k}")
+    outs = _outputs(graph)
+    if "boxes" not in outs or "scores" not in outs:
+        raise ExportError("add_topk needs the boxes/scores outputs of add_box_decode; run it first")
+    boxes, scores = outs["boxes"], outs["scores"]
+    graph.outputs.clear()
+    best = _single(graph, "ReduceMax", [scores], "topk/best", attrs={"axes": [2], "keepdims": 0})
+    n = _single(graph, "Gather", [_single(graph, "Shape", [best], "topk/shape", dtype=np.int64),
+                                  gs.Constant("topk/one", np.array([1], dtype=np.int64))], "topk/n",
+                dtype=np.int64, attrs={"axis": 0})
+    kk = _single(graph, "Min", [n, gs.Constant("topk/k", np.array([k], dtype=np.int64))], "topk/kk", dtype=np.int64)
+    boxes.name, scores.name = "boxes_all", "scores_all"
+    vals = gs.Variable("topk/values", dtype=np.float32)
+    idx = gs.Variable("indices", dtype=np.int64)
+    graph.layer(op="TopK", name="topk/TopK", inputs=[best, kk], outputs=[vals, idx], attrs={"axis": 1, "largest": 1, "sorted": 1})
+    idx3 = _single(graph, "Unsqueeze", [idx, gs.Constant("topk/ax2", np.array([2], dtype=np.int64))], "topk/idx3", dtype=np.int64)
+
+    def gather(src: gs.Variable, width: int, name: str) -> gs.Variable:
+        shp = _single(graph, "Concat", [_single(graph, "Shape", [idx], f"{name}/ishape", dtype=np.int64),
+                                        gs.Constant(f"{name}/w", np.array([width], dtype=np.int64))],
+                      f"{name}/shape", dtype=np.int64, attrs={"axis": 0})
+        full = _single(graph, "Expand", [idx3, shp], f"{name}/idx", dtype=np.int64)
+        return _single(graph, "GatherElements", [src, full], name, attrs={"axis": 1})
+
+    num_classes = scores.shape[2] if scores.shape else None
+    out_boxes = gather(boxes, 4, "boxes")
+    out_scores = gather(scores, int(num_classes), "scores")
+    batch = graph.inputs[0].shape[0]
+    out_boxes.shape, out_scores.shape, idx.shape = [batch, "topk", 4], [batch, "topk", num_classes], [batch, "topk"]
+    graph.outputs.extend([out_boxes, out_scores, idx])
+    return graph.cleanup().toposort()
+
+
+def apply_decode(
+    model: onnx.ModelProto,
+    mode: str,
+    strides: Sequence[int],
+    num_classes: int,
+    static_hw: Optional[Sequence[Tuple[int, int]]] = None,
+    topk: Optional[int] = None,
+) -> onnx.ModelProto:
+    """Run the passes for ``mode`` ("raw", "activations" or "boxes", optionally + top-k) and return a checked model."""
+    if mode not in DECODE_MODES:
+        raise ExportError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
+    if topk is not None and mode != "boxes":
+        raise ExportError("--topk needs --decode boxes")
+    graph = import_graph(model)
+    if mode == "activations":
+        add_activations(graph)
+    elif mode == "boxes":
+        add_box_decode(graph, strides, num_classes, static_hw)
+        if topk is not None:
+            add_topk(graph, topk)
+    out = export_graph(graph, model)
+    from .onnx_export import set_metadata
+
+    set_metadata(out, {"decode": mode, "topk": str(topk) if topk else "none"})
+    return out

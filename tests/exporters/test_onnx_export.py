@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from autotimm_deploy import ExportError
+from autotimm_deploy.exporters.onnx_export import (ExportConfig, check_input_size, detector_output_names,
+                                                   export_onnx, get_metadata)
+from autotimm_deploy.models.io import LoadedModel
+
+META = {"class_names": ["a", "b", "c", "d"], "mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def _loaded(model, task):
+    return LoadedModel(model, task, model.config, dict(META), "ab" * 32, None)
+
+
+def _session(m):
+    return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def _dims(vi):
+    return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+
+def test_output_name_contract():
+    assert detector_output_names() == [f"{p}_p{i}" for p in ("cls", "bbox", "ctr") for i in range(3, 8)]
+
+
+def test_static_hw_detector_export(small_detector):
+    m = export_onnx(_loaded(small_detector, "detection"), ExportConfig((64, 96)))
+    outs = {o.name: _dims(o) for o in m.graph.output}
+    assert list(outs) == detector_output_names()
+    assert outs["cls_p3"] == ["batch", 4, 8, 12] and outs["bbox_p7"] == ["batch", 4, 1, 1]
+    assert outs["ctr_p5"] == ["batch", 1, 2, 3]
+    assert _dims(m.graph.input[0]) == ["batch", 3, 64, 96]
+    assert m.opset_import[0].version == 17
+    onnx.checker.check_model(m, full_check=True)
+    # every intermediate tensor has a fully inferred shape
+    assert len(m.graph.value_info) > 50
+    assert all(v.type.tensor_type.HasField("shape") for v in m.graph.value_info)
+    assert all(d.dim_value > 0 or d.dim_param for v in m.graph.value_info for d in v.type.tensor_type.shape.dim)
+    meta = get_metadata(m)
+    assert meta["task"] == "detection" and json.loads(meta["strides"]) == [8, 16, 32, 64, 128]
+    assert json.loads(meta["class_names"]) == META["class_names"] and meta["source_sha256"] == "ab" * 32
+    assert json.loads(meta["input_size"]) == [64, 96] and "exp(min(bbox_pred" in meta["decoding_convention"]
+    assert meta["autotimm_deploy.version"]
+
+
+@pytest.mark.parametrize("dynamic_hw, shapes", [(False, [(1, 64, 96), (3, 64, 96)]),
+                                                (True, [(1, 64, 96), (2, 128, 64)])])
+def test_export_matches_pytorch_on_two_shapes(small_detector, dynamic_hw, shapes):
+    m = export_onnx(_loaded(small_detector, "detection"), ExportConfig((64, 96), dynamic_hw=dynamic_hw))
+    sess = _session(m)
+    for b, h, w in shapes:
+        x = torch.randn(b, 3, h, w)
+        got = sess.run(None, {"images": x.numpy()})
+        with torch.no_grad():
+            ref = [t for g in small_detector(x) for t in g]
+        for g, r in zip(got, ref):
+            assert g.shape == tuple(r.shape)
+            np.testing.assert_allclose(g, r.numpy(), atol=1e-4, rtol=1e-3)
+    assert not small_detector.training  # export must not flip the user's model into training mode
+
+
+def test_dynamic_hw_dims_are_named(small_detector):
+    m = export_onnx(_loaded(small_detector, "detection"), ExportConfig((64, 64), dynamic_hw=True))
+    assert _dims(m.graph.input[0]) == ["batch", 3, "height", "width"]
+    assert _dims(m.graph.output[0]) == ["batch", 4, "height_p3", "width_p3"]
+
+
+def test_static_batch(small_detector):
+    m = export_onnx(_loaded(small_detector, "detection"), ExportConfig((64, 64), batch_size=2, dynamic_batch=False))
+    assert _dims(m.graph.input[0]) == [2, 3, 64, 64]
+
+
+def test_classifier_export(small_classifier):
+    m = export_onnx(_loaded(small_classifier, "classification"), ExportConfig((64, 64), dynamic_hw=True))
+    assert [o.name for o in m.graph.output] == ["logits"] and _dims(m.graph.output[0]) == ["batch", 4]
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        ref = small_classifier(x).numpy()
+    np.testing.assert_allclose(_session(m).run(None, {"images": x.numpy()})[0], ref, atol=1e-4, rtol=1e-3)
+
+
+def test_opset_selectable(small_classifier):
+    m = export_onnx(_loaded(small_classifier, "classification"), ExportConfig((32, 32), opset=18))
+    assert m.opset_import[0].version == 18
+
+
+@pytest.mark.parametrize("size, message", [((100, 128), "height 100 .* nearest valid height: 96 or 128"),
+                                           ((64, 16), "width 16 .* nearest valid width: 32")])
+def test_bad_sizes_name_nearest_valid(size, message):
+    with pytest.raises(ExportError, match=message):
+        check_input_size(size, 32)
