@@ -1,0 +1,1 @@
+"""autotimm_deploy.parity"""

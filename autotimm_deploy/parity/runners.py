@@ -1,0 +1,78 @@
+"""Polygraphy runners: a CPU PyTorch runner that produces the same named outputs as an export."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from polygraphy.backend.base import BaseRunner
+from polygraphy.common import TensorMetadata
+
+from ..exporters.onnx_export import detector_output_names
+from ..models.decode import BBOX_LOG_CLAMP, decode
+
+__all__ = ["TorchRunner", "reference_outputs"]
+
+
+def reference_outputs(model: torch.nn.Module, images: torch.Tensor, decode_mode: str = "raw",
+                      topk: Optional[int] = None) -> "OrderedDict[str, np.ndarray]":
+    """What an export with ``decode_mode`` (and ``topk``) must produce, computed in PyTorch.
+
+    This is the oracle: it uses the reference decoder of :mod:`autotimm_deploy.models.decode`,
+    never the exported graph.
+    """
+    with torch.no_grad():
+        out = model(images)
+    if isinstance(out, torch.Tensor):
+        return OrderedDict(logits=out.numpy())
+    cls, box, ctr = out
+    if decode_mode == "raw":
+        return OrderedDict(zip(detector_output_names(len(cls)), [t.numpy() for t in (*cls, *box, *ctr)]))
+    if decode_mode == "activations":
+        acts = [torch.sigmoid(t) for t in cls] + [torch.exp(torch.clamp(t, max=BBOX_LOG_CLAMP)) for t in box]
+        acts += [torch.sigmoid(t) for t in ctr]
+        return OrderedDict(zip(detector_output_names(len(cls)), [t.numpy() for t in acts]))
+    boxes, scores = decode(cls, box, ctr, model.strides, tuple(images.shape[-2:]))
+    if topk is None:
+        return OrderedDict(boxes=boxes.numpy(), scores=scores.numpy())
+    k = min(topk, scores.shape[1])
+    idx = scores.max(dim=2).values.topk(k, dim=1).indices
+    return OrderedDict(
+        boxes=torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4)).numpy(),
+        scores=torch.gather(scores, 1, idx[..., None].expand(-1, -1, scores.shape[2])).numpy(),
+        indices=idx.numpy(),
+    )
+
+
+class TorchRunner(BaseRunner):
+    """Runs an autotimm-deploy model on the CPU in PyTorch (Polygraphy's own runner calls ``.cuda()``).
+
+    ``infer({"images": array}) -> {name: array}`` with the names and meaning of the export made
+    with the same ``decode_mode``/``topk``.
+    """
+
+    def __init__(self, model: torch.nn.Module, decode_mode: str = "raw", topk: Optional[int] = None,
+                 name: Optional[str] = None) -> None:
+        super().__init__(name=name, prefix="pytorch-runner")
+        self.model = model.eval()
+        self.decode_mode = decode_mode
+        self.topk = topk
+
+    def activate_impl(self):
+        pass
+
+    def deactivate_impl(self):
+        pass
+
+    def get_input_metadata_impl(self):
+        return TensorMetadata().add("images", dtype=np.float32, shape=(-1, 3, -1, -1))
+
+    def infer_impl(self, feed_dict: Dict[str, np.ndarray]):
+        images = torch.from_numpy(np.ascontiguousarray(feed_dict["images"], dtype=np.float32))
+        start = time.perf_counter()
+        out = reference_outputs(self.model, images, self.decode_mode, self.topk)
+        self.inference_time = time.perf_counter() - start
+        return out
