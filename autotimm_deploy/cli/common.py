@@ -1,0 +1,37 @@
+"""Shared CLI plumbing: one user-facing error type, printed on one line, exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from typing import Callable, List, Optional
+
+from ..errors import AutotimmError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # usage errors: exit 2 with one line, like AutotimmError
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return p
+
+
+def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
+             argv: Optional[List[str]] = None) -> int:
+    args = parser.parse_args(argv)
+    try:
+        return body(args)
+    except AutotimmError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+
+from autotimm_deploy import save_model
+from autotimm_deploy.cli.export import main
+from autotimm_deploy.demo import demo_model_path
+
+
+def test_export_demo_detector(tmp_path, capsys):
+    out = tmp_path / "det"
+    assert main([str(demo_model_path("detector")), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    roles = {a["role"]: a for a in manifest["artifacts"]}
+    assert roles["onnx"]["file"] == "model.onnx" and roles["onnx"]["parity"] == "pass"
+    assert [o["name"] for o in roles["onnx"]["outputs"]] == ["boxes", "scores"]
+    assert roles["onnx"]["outputs"][0]["shape"] == ["batch", 341, 4]
+    assert [o["name"] for o in roles["onnx-raw"]["outputs"]][:3] == ["cls_p3", "cls_p4", "cls_p5"]
+    assert manifest["class_names"] == ["rectangle", "ellipse", "triangle", "cross"]
+    parity = manifest["parity"]
+    assert parity["passed"]
+    det = parity["detections"]
+    assert det["reference"] >= 4 and det["matched"] == det["reference"]  # real detections, all matched
+    assert all((out / f).exists() for f in ("parity.md", "inputs.json", "pytorch_outputs.json", "model.raw.onnx"))
+    assert not list(out.glob(".autotimm-tmp-*"))
+    printed = capsys.readouterr()
+    assert "parity: PASS" in printed.out and "[4/4] parity" in printed.err
+
+
+def test_export_dynamic_hw_checks_second_shape(tmp_path):
+    out = tmp_path / "dyn"
+    assert main([str(demo_model_path("detector")), "--out", str(out), "--dynamic-hw", "--batch", "1:1:2",
+                 "--decode", "boxes", "--topk", "50"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert any("second shape 2x3x160x192" in s for s in manifest["parity"]["inputs"])
+    onnx_art = [a for a in manifest["artifacts"] if a["role"] == "onnx"][0]
+    assert onnx_art["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
+    assert [o["name"] for o in onnx_art["outputs"]] == ["boxes", "scores", "indices"]
+
+
+def test_export_classifier(tmp_path):
+    out = tmp_path / "cls"
+    assert main([str(demo_model_path("classifier")), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] and manifest["parity"]["outputs"][0]["name"] == "logits"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--input-size", "100", "128"], "nearest valid height: 96 or 128"),
+    (["--batch", "4:2:8"], "1 <= MIN <= OPT <= MAX"),
+])
+def test_usage_errors_exit_2(tmp_path, capsys, argv, message):
+    assert main([str(demo_model_path("detector")), "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_files_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "missing.pt")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    assert main([str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "not a model file" in err and "Traceback" not in err
+
+
+def test_parity_failure_exits_1(tmp_path, monkeypatch, capsys):
+    import autotimm_deploy.parity.check as check
+
+    original = check.run_parity
+
+    def perturbed(model, *args, **kwargs):
+        with torch.no_grad():
+            model.head.cls_subnet[-1].bias += 1.0  # the PyTorch model drifts from the exported graph
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(check, "run_parity", perturbed)
+    out = tmp_path / "fail"
+    assert main([str(demo_model_path("detector")), "--out", str(out)]) == 1
+    assert "parity: FAIL" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text())["parity"]["passed"] is False
