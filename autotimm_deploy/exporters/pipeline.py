@@ -132,9 +132,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOpt
     if size is None:
         raise ExportError(f"{model_path} records no input size; pass --input-size H W")
     size = check_input_size(size, stride)
-    if loaded.task != "detection" and (options.decode != "boxes" or options.topk):
-        if options.decode not in ("boxes", "raw") or options.topk:
-            raise ExportError("--decode/--topk apply to detectors only")
+    if loaded.task != "detection" and (options.decode == "activations" or options.topk):
+        raise ExportError("--decode activations and --topk apply to detectors only; a classifier exports `logits`")
     lo, opt, hi = options.batch
     cfg = ExportConfig(input_size=size, batch_size=opt, dynamic_batch=(lo != hi), dynamic_hw=options.dynamic_hw,
                        opset=options.opset)

@@ -180,8 +180,6 @@ def _read_safetensors(path: Path, raw: bytes) -> Dict[str, Any]:
 
     try:
         state = st_load(raw)
-        import safetensors
-
         header_len = int.from_bytes(raw[:8], "little")
         header = json.loads(raw[8 : 8 + header_len])
     except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
