@@ -6,7 +6,7 @@ set of timm backbone families; write the table to docs/export-parity.md.
 
 Models other than the demo start from random init with randomised BatchNorm statistics
 (timm zero-initialises some BatchNorm gammas, which would hide errors in those branches) and a
-He-normal head (see spread_head) so that boxes, scores and detections depend on the backbone.
+He-normal head (autotimm_deploy.parity.random_init) so that boxes, scores and detections depend on the backbone.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import argparse
 import platform
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import onnx
@@ -27,6 +26,7 @@ import autotimm_deploy
 from autotimm_deploy import ObjectDetector, save_model
 from autotimm_deploy.demo import demo_model_path
 from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
+from autotimm_deploy.parity.random_init import randomize_norms, spread_head
 
 FAMILIES = {
     "resnet": "resnet18",
@@ -43,36 +43,6 @@ FAMILIES = {
     "repvgg": "repvgg_a0",
     "hrnet": "hrnet_w18_small",
 }
-
-
-def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-            if m.weight is not None:
-                m.weight.data.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
-                m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
-    return model.eval()
-
-
-def spread_head(model: ObjectDetector, seed: int = 0) -> ObjectDetector:
-    """Re-initialise the head with He-normal weights and zero biases.
-
-    The spec's init (std 0.01, cls bias -4.6) makes every output nearly constant, which would
-    make the parity figures insensitive to the backbone; spread outputs (logits ~ N(0, 2),
-    distances exp(N(0, 2)) px) make the comparison, and the detection matching, bite.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.head.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-                m.bias.zero_()
-    return model
 
 
 def run_one(label: str, model_path: Path, options: ExportOptions) -> dict:
