@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from ..errors import AutotimmError
 from .common import make_parser, run_main
 
 

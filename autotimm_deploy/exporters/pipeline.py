@@ -110,13 +110,14 @@ def _cleanup_tmp(out_dir: Path) -> None:
             pass
 
 
-def export_model(model_path: str | Path, out_dir: str | Path, options: ExportOptions = ExportOptions(),
+def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[ExportOptions] = None,
                  progress: Progress = print) -> Dict:
     """Export ``model_path`` into ``out_dir`` and return the manifest (also written as manifest.json).
 
     Artifacts: ``model.raw.onnx`` (raw per-level outputs), ``model.onnx`` (with ``options.decode``
     fused), ``parity.json``/``parity.md`` and Polygraphy's ``inputs.json``/``pytorch_outputs.json``.
     """
+    options = options if options is not None else ExportOptions()
     say = progress or (lambda s: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

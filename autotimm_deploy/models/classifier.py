@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
-import timm
 from torch import Tensor, nn
 
 from .backbone import _check_name, _create

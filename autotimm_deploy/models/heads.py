@@ -45,6 +45,7 @@ def group_norm_groups(channels: int, max_groups: int = MAX_GN_GROUPS) -> int:
 class ClassificationHead(nn.Module):
     """Dropout (only when ``dropout > 0``) followed by a Linear layer.
 
+    >>> import torch
     >>> head = ClassificationHead(in_features=2048, num_classes=10, dropout=0.5)
     >>> head(torch.randn(32, 2048)).shape
     torch.Size([32, 10])

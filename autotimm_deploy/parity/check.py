@@ -16,11 +16,10 @@ Default FP32 tolerances (``FP32_TOLERANCES``) and why:
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -154,7 +153,7 @@ def detections_from_outputs(outputs: Dict[str, np.ndarray], decode_mode: str, st
                             image_size: Tuple[int, int], score_thresh: float = 0.05, iou_thresh: float = 0.6,
                             max_detections: int = 100) -> List[Dict[str, np.ndarray]]:
     """Decode (whatever the graph did not) and run class-aware NMS on one run's outputs."""
-    from ..models.decode import anchor_points, batched_nms_postprocess, decode
+    from ..models.decode import batched_nms_postprocess, decode
 
     t = {k: torch.from_numpy(np.asarray(v, dtype=np.float32) if v.dtype != np.int64 else v) for k, v in outputs.items()}
     levels = ["p3", "p4", "p5", "p6", "p7"][: len(strides)]
@@ -221,7 +220,6 @@ def run_parity(
     names = list(results[0][1][0].keys())
     atol = {"": tolerances.atol[""], **{n: tolerances.for_output(n)[0] for n in names}}
     rtol = {"": tolerances.rtol[""], **{n: tolerances.for_output(n)[1] for n in names}}
-    int_outputs = [n for n in names if np.asarray(results[0][1][0][n]).dtype == np.int64]
     acc = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, check_shapes=True))
     poly_passed = bool(acc)
     ref_iters, out_iters = results[0][1], results[1][1]

@@ -3,7 +3,6 @@ import json
 import pytest
 import torch
 
-from autotimm_deploy import save_model
 from autotimm_deploy.cli.export import main
 from autotimm_deploy.demo import demo_model_path
 

@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from autotimm_deploy import load_model_file
 from autotimm_deploy.demo import WEIGHTS_DIR, demo_model_path

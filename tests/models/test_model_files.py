@@ -1,8 +1,5 @@
-import io
 import os
 import pickle
-import zipfile
-from pathlib import Path
 
 import pytest
 import torch

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import pytest
 import torch
 
 from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
