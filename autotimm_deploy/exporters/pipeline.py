@@ -63,15 +63,11 @@ def level_sizes(size: Tuple[int, int], strides: Sequence[int]) -> List[Tuple[int
     return out
 
 
-def _normalise(images: List[np.ndarray], mean, std) -> np.ndarray:
-    x = np.stack(images).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    return (x - np.asarray(mean, np.float32).reshape(1, 3, 1, 1)) / np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-
-
 def parity_feeds(loaded: LoadedModel, size: Tuple[int, int], options: ExportOptions,
                  stride: int) -> List[Tuple[str, Dict[str, np.ndarray]]]:
     """Seeded random inputs at the traced shape and a second shape, plus synthetic demo images."""
     from ..demo.shapes import render_classification_sample, render_detection_sample, SPLIT_SEEDS
+    from ..demo.train import to_tensor
 
     rng = np.random.default_rng(options.seed)
     lo, opt, hi = options.batch
@@ -91,7 +87,7 @@ def parity_feeds(loaded: LoadedModel, size: Tuple[int, int], options: ExportOpti
             imgs = [render_detection_sample(base + k, size=max(h, w))[0][:h, :w] for k in range(n)]
         else:
             imgs = [render_classification_sample(base + k, size=max(h, w))[0][:h, :w] for k in range(n)]
-        feeds.append((f"{n} synthetic shapes images", {"images": _normalise(imgs, loaded.metadata["mean"], loaded.metadata["std"])}))
+        feeds.append((f"{n} synthetic shapes images", {"images": to_tensor(imgs, loaded.metadata["mean"], loaded.metadata["std"]).numpy()}))
     return feeds
 
 
