@@ -32,6 +32,12 @@ def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.Argumen
             traceback.print_exc()
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # unwritable output folder, a file where a folder should be, disk full...
+        if args.debug:
+            traceback.print_exc()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"{parser.prog}: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted", file=sys.stderr)
         return 130

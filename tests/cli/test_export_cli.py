@@ -65,6 +65,14 @@ def test_bad_files_exit_2(tmp_path, capsys):
     assert "not a model file" in err and "Traceback" not in err
 
 
+def test_output_path_that_is_a_file_exits_2(tmp_path, capsys):
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    assert main([str(demo_model_path("detector")), "--out", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"File exists: {target}" in err and "Traceback" not in err
+
+
 def test_parity_failure_exits_1(tmp_path, monkeypatch, capsys):
     import autotimm_deploy.parity.check as check
 
