@@ -27,3 +27,19 @@ class ExportError(AutotimmError):
 
 class ParityError(AutotimmError):
     """A parity check could not run (not a parity *failure*, which is a verdict)."""
+
+
+class EngineError(AutotimmError):
+    """An engine could not be built, checked or loaded."""
+
+
+class EngineBuildError(EngineError):
+    """TensorRT's parser or builder refused the network (the message names the node and op)."""
+
+
+class EngineIncompatible(EngineError):
+    """The engine is intact but cannot run here (library version, GPU, compute capability)."""
+
+
+class EngineCorrupt(EngineError):
+    """The engine file is truncated, modified, or not an engine of the library its sidecar names."""

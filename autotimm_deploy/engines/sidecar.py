@@ -1,0 +1,118 @@
+"""Engine sidecars (``<engine>.json``) and the build cache.
+
+A sidecar records what an engine is and how it was made: library and version, precision, targets
+(compute capabilities for TensorRT-RTX, the GPU for full TensorRT), optimisation profiles, I/O names,
+dtypes and shapes, the source ONNX file's SHA-256, the engine's own SHA-256 and size, build time, and
+the *cache key*: a SHA-256 over every input of the build (:data:`CACHE_KEY_FIELDS`).  Loading checks the
+sidecar before the library ever sees the bytes (:mod:`autotimm_deploy.engines.load`).
+
+:class:`EngineCache` stores ``<key>.engine`` + ``<key>.json`` in a folder; entries are read as bytes
+and JSON, never unpickled, and a hit is used only if the stored engine's SHA-256 matches its sidecar.
+
+>>> k1 = cache_key({"onnx_sha256": "ab", "library": "tensorrt-rtx", "library_version": "1.7",
+...                 "precision": "fp16", "profiles": [], "targets": ["SM86"], "workspace_mib": None,
+...                 "fp32_islands": None, "builder": {}})
+>>> k2 = cache_key({"onnx_sha256": "ab", "library": "tensorrt-rtx", "library_version": "1.8",
+...                 "precision": "fp16", "profiles": [], "targets": ["SM86"], "workspace_mib": None,
+...                 "fp32_islands": None, "builder": {}})
+>>> len(k1), k1 == k2
+(64, False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from .._atomic import atomic_write_bytes, atomic_write_text
+from ..errors import EngineCorrupt, EngineIncompatible
+
+__all__ = ["SIDECAR_FORMAT", "CACHE_KEY_FIELDS", "sidecar_path", "cache_key", "read_sidecar", "write_sidecar",
+           "EngineCache", "default_cache_dir"]
+
+SIDECAR_FORMAT = "autotimm-deploy-engine/1"
+# Everything that changes the engine; a change in any of them is a cache miss.
+CACHE_KEY_FIELDS = ("onnx_sha256", "library", "library_version", "precision", "profiles", "targets",
+                    "workspace_mib", "fp32_islands", "builder")
+
+
+def sidecar_path(engine_path: str | Path) -> Path:
+    p = Path(engine_path)
+    return p.with_name(p.name + ".json")
+
+
+def cache_key(fields: Dict) -> str:
+    """SHA-256 of the canonical JSON of exactly :data:`CACHE_KEY_FIELDS` (a missing field is an error)."""
+    missing = [f for f in CACHE_KEY_FIELDS if f not in fields]
+    if missing:
+        raise ValueError(f"cache key is missing {missing}")
+    blob = json.dumps({f: fields[f] for f in CACHE_KEY_FIELDS}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def write_sidecar(engine_path: str | Path, sidecar: Dict) -> Path:
+    path = sidecar_path(engine_path)
+    atomic_write_text(path, json.dumps(sidecar, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_sidecar(engine_path: str | Path) -> Dict:
+    """The sidecar of ``engine_path``; a missing or malformed one is an :class:`EngineIncompatible`."""
+    path = sidecar_path(engine_path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EngineIncompatible(f"{engine_path}: no sidecar {path.name} next to it; engines are loaded only with the "
+                                 "sidecar autotimm-export wrote (re-export to get one)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EngineCorrupt(f"{path}: sidecar is not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise EngineIncompatible(f"{path}: not an autotimm-deploy engine sidecar (format "
+                                 f"{data.get('format') if isinstance(data, dict) else type(data).__name__!r}, "
+                                 f"expected {SIDECAR_FORMAT!r})")
+    return data
+
+
+def default_cache_dir() -> Path:
+    """``$AUTOTIMM_DEPLOY_CACHE``, else ``$XDG_CACHE_HOME/autotimm-deploy`` (``~/.cache/autotimm-deploy``)."""
+    env = os.environ.get("AUTOTIMM_DEPLOY_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "autotimm-deploy"
+
+
+class EngineCache:
+    """Engines by cache key under ``root/engines`` (and full TensorRT timing caches under ``root/timing``)."""
+
+    def __init__(self, root: Optional[str | Path] = None) -> None:
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def _paths(self, key: str) -> Tuple[Path, Path]:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"bad cache key {key!r}")
+        e = self.root / "engines" / f"{key}.engine"
+        return e, sidecar_path(e)
+
+    def get(self, key: str) -> Optional[Tuple[bytes, Dict]]:
+        """(engine bytes, sidecar) for ``key``, or None; a damaged entry counts as a miss."""
+        engine, side = self._paths(key)
+        try:
+            data = engine.read_bytes()
+            meta = json.loads(side.read_text())
+        except (OSError, ValueError):
+            return None
+        if meta.get("cache_key") != key or meta.get("engine", {}).get("sha256") != hashlib.sha256(data).hexdigest():
+            return None
+        return data, meta
+
+    def put(self, key: str, data: bytes, sidecar: Dict) -> None:
+        engine, _ = self._paths(key)
+        atomic_write_bytes(engine, data)
+        write_sidecar(engine, sidecar)
+
+    def timing_cache_path(self, library: str, version: str, gpu: str) -> Path:
+        safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{library}-{version}-{gpu}")
+        return self.root / "timing" / f"{safe}.cache"
