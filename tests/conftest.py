@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch
 from autotimm_deploy.parity.random_init import randomize_norms
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# engines built by tests go to a fresh cache, never the user's ~/.cache/autotimm-deploy
+os.environ["AUTOTIMM_DEPLOY_CACHE"] = tempfile.mkdtemp(prefix="autotimm-deploy-test-cache-")
 torch.set_num_threads(2)
 
 
@@ -23,3 +26,15 @@ def small_classifier():
 
     torch.manual_seed(0)
     return randomize_norms(ImageClassifier("test_resnet", num_classes=4))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, with the reason, where no CUDA GPU is present; nothing else skips."""
+    from autotimm_deploy.engines.library import gpu_info
+
+    if gpu_info() is not None:
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU: torch.cuda.is_available() is False on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

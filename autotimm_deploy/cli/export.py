@@ -1,4 +1,4 @@
-"""``autotimm-export MODEL [--out DIR] ...``: model file -> verified ONNX artifacts.
+"""``autotimm-export MODEL [--out DIR] [--fp16] [--engine ...] ...``: model file -> verified ONNX and engines.
 
 Exit codes: 0 export done and parity passed, 1 parity failed, 2 usage or input error.
 """
@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from ..engines.library import ENGINE_CHOICES, RTX_TARGETS
+from ..exporters.fp16 import DEFAULT_ISLANDS
 from .common import make_parser, run_main
 
 
@@ -39,8 +41,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_batch, default=(1, 1, 8), metavar="MIN:OPT:MAX",
                    help="batch range; dynamic batch unless MIN == MAX (default 1:1:8)")
     p.add_argument("--dynamic-hw", action="store_true", help="make input height and width dynamic")
+    p.add_argument("--min-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="with --dynamic-hw: smallest H W of the engine profile (default: half the input size)")
+    p.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="with --dynamic-hw: largest H W of the engine profile (default: twice the input size)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
+    g = p.add_argument_group("FP16", "an FP16-typed ONNX with FP32 islands (TensorRT 11 and TensorRT-RTX are strongly typed)")
+    g.add_argument("--fp16", action="store_true", help="write model.fp16.onnx, check it, and build an FP16 engine")
+    g.add_argument("--fp16-input", action="store_true", help="FP16 input tensor instead of FP32 + Cast")
+    g.add_argument("--fp32-ops", type=_names, default=None, metavar="OP,OP",
+                   help=f"op types kept in FP32 (default: {','.join(DEFAULT_ISLANDS.op_types)}); "
+                        "'+OP,...' adds to the default, '' keeps none")
+    g.add_argument("--fp32-nodes", type=_names, default=None, metavar="GLOB,GLOB",
+                   help=f"node-name globs kept in FP32 (default: {','.join(DEFAULT_ISLANDS.node_names)}); "
+                        "'+GLOB,...' adds to the default")
+    g.add_argument("--no-overflow-guard", action="store_true",
+                   help="do not probe for FP16 overflow (layers that would overflow are otherwise kept in FP32)")
+    e = p.add_argument_group("engine")
+    e.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
+                   help="auto (default): full TensorRT if it imports and a GPU is present, else TensorRT-RTX; none: skip")
+    e.add_argument("--target-cc", type=_names, default=(), metavar="SM86,SM89",
+                   help=f"TensorRT-RTX compute capabilities (default: the GPU present, else all of {','.join(RTX_TARGETS)})")
+    e.add_argument("--workspace", type=int, default=None, metavar="MIB", help="builder workspace limit in MiB")
+    e.add_argument("--cache-dir", type=str, default=None,
+                   help="engine cache folder (default: $AUTOTIMM_DEPLOY_CACHE or ~/.cache/autotimm-deploy)")
+    e.add_argument("--no-cache", action="store_true", help="always rebuild the engine; do not store it")
     return p
+
+
+def _names(text: str):
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _with_default(given, default):
+    """``--fp32-ops +Softmax`` extends the default list; ``--fp32-ops Softmax`` replaces it."""
+    if given is None:
+        return None
+    if given and all(t.startswith("+") for t in given):
+        return tuple(default) + tuple(t[1:] for t in given)
+    return given
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -48,20 +87,34 @@ def _body(args: argparse.Namespace) -> int:
 
     opts = ExportOptions(decode=args.decode, opset=args.opset,
                          input_size=tuple(args.input_size) if args.input_size else None, batch=args.batch,
-                         dynamic_hw=args.dynamic_hw, topk=args.topk, check=not args.no_check)
+                         dynamic_hw=args.dynamic_hw, topk=args.topk, check=not args.no_check,
+                         min_size=tuple(args.min_size) if args.min_size else None,
+                         max_size=tuple(args.max_size) if args.max_size else None,
+                         fp16=args.fp16, fp16_input=args.fp16_input,
+                         fp32_ops=_with_default(args.fp32_ops, DEFAULT_ISLANDS.op_types),
+                         fp32_nodes=_with_default(args.fp32_nodes, DEFAULT_ISLANDS.node_names),
+                         overflow_guard=not args.no_overflow_guard, engine=args.engine, target_cc=args.target_cc,
+                         workspace_mib=args.workspace, cache=not args.no_cache, cache_dir=args.cache_dir)
     out = args.out or args.model.with_name(args.model.stem + "_export")
     start = time.time()
     log = lambda s: print(f"{time.time() - start:6.1f}s {s}", file=sys.stderr, flush=True)
     manifest = export_model(args.model, out, opts, progress=log)
-    print(f"\n{'artifact':<24} {'role':<30} {'precision':<9} parity")
+    print(f"\n{'artifact':<24} {'role':<28} {'precision':<9} {'MB':>6}  parity")
     for a in manifest["artifacts"]:
-        print(f"{a['file']:<24} {a['role']:<30} {a.get('precision', '-'):<9} {a.get('parity', '-')}")
+        if "precision" not in a:
+            continue
+        mb = (out / a["file"]).stat().st_size / 1e6
+        print(f"{a['file']:<24} {a['role']:<28} {a['precision']:<9} {mb:6.1f}  {a.get('parity', '-')}")
     parity = manifest["parity"]
     if parity is not None:
-        worst = ", ".join(f"{o['name']} {o['max_abs']:.2g}" for o in parity["outputs"][:4])
-        det = parity.get("detections")
-        det_s = f"; detections matched {det['matched']}/{det['reference']}" if det else ""
-        print(f"\nparity: {'PASS' if parity['passed'] else 'FAIL'} (max abs err: {worst}{det_s})")
+        for rep in parity["reports"]:
+            worst = ", ".join(f"{o['name']} {o['max_abs']:.2g}" for o in rep["outputs"][:4])
+            det = rep.get("detections")
+            det_s = f"; detections matched {det['matched']}/{det['reference']}" if det else ""
+            print(f"parity {rep['artifact']}: {'PASS' if rep['passed'] else 'FAIL'} (max abs err: {worst}{det_s})")
+        if parity.get("engine"):
+            print(f"parity engine: {parity['engine']['summary']}")
+        print(f"\nparity: {'PASS' if parity['passed'] else 'FAIL'}")
     print(f"wrote {out}/manifest.json in {time.time() - start:.1f}s")
     return 0 if parity is None or parity["passed"] else 1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -20,9 +20,11 @@ import onnx
 
 from .. import __version__
 from .._atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_text, sha256_file
+from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
 from ..models.io import LoadedModel, load_model_file
 from .onnx_export import DEFAULT_OPSET, ExportConfig, check_input_size, export_onnx, max_stride
+from .fp16 import DEFAULT_ISLANDS, Fp32Islands
 from .surgery import DECODE_MODES, apply_decode
 
 __all__ = ["ExportOptions", "export_model", "parity_feeds", "level_sizes"]
@@ -39,11 +41,25 @@ class ExportOptions:
     input_size: Optional[Tuple[int, int]] = None
     batch: Tuple[int, int, int] = (1, 1, 8)  # MIN:OPT:MAX; dynamic batch unless MIN == MAX
     dynamic_hw: bool = False
+    min_size: Optional[Tuple[int, int]] = None  # engine profile with --dynamic-hw (default: half the input size)
+    max_size: Optional[Tuple[int, int]] = None  # (default: twice the input size)
     topk: Optional[int] = None
     check: bool = True
     random_inputs: int = 2
     demo_images: int = 4
     seed: int = 0
+    # FP16 ONNX (exporters.fp16)
+    fp16: bool = False
+    fp16_input: bool = False
+    fp32_ops: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.op_types
+    fp32_nodes: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.node_names
+    overflow_guard: bool = True
+    # engines
+    engine: str = "auto"  # auto | tensorrt | tensorrt-rtx | none
+    target_cc: Tuple[str, ...] = ()
+    workspace_mib: Optional[int] = None
+    cache: bool = True
+    cache_dir: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
@@ -53,6 +69,16 @@ class ExportOptions:
             raise ExportError(f"--batch MIN:OPT:MAX needs 1 <= MIN <= OPT <= MAX, got {lo}:{opt}:{hi}")
         if not 7 <= self.opset <= 21:
             raise ExportError(f"--opset must be between 7 and 21, got {self.opset}")
+        if self.engine not in ENGINE_CHOICES:
+            raise ExportError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {self.engine!r}")
+        if (self.min_size or self.max_size) and not self.dynamic_hw:
+            raise ExportError("--min-size/--max-size set the engine's H/W range and need --dynamic-hw")
+        if self.fp16_input and not self.fp16:
+            raise ExportError("--fp16-input needs --fp16")
+
+    def islands(self) -> Fp32Islands:
+        return Fp32Islands(op_types=tuple(self.fp32_ops) if self.fp32_ops is not None else DEFAULT_ISLANDS.op_types,
+                           node_names=tuple(self.fp32_nodes) if self.fp32_nodes is not None else DEFAULT_ISLANDS.node_names)
 
 
 def level_sizes(size: Tuple[int, int], strides: Sequence[int]) -> List[Tuple[int, int]]:
@@ -106,21 +132,57 @@ def _cleanup_tmp(out_dir: Path) -> None:
             pass
 
 
+def engine_profile(size: Tuple[int, int], options: ExportOptions, stride: int) -> Dict[str, Tuple]:
+    """The optimisation profile for input ``images``: ``--batch`` MIN:OPT:MAX and, with ``--dynamic-hw``,
+    H/W from ``--min-size`` (default half the input size) to ``--max-size`` (default twice)."""
+    lo, opt, hi = options.batch
+    h, w = size
+    if options.dynamic_hw:
+        mn = check_input_size(options.min_size, stride) if options.min_size else \
+            (max(stride, h // 2 // stride * stride), max(stride, w // 2 // stride * stride))
+        mx = check_input_size(options.max_size, stride) if options.max_size else (2 * h, 2 * w)
+        if not (mn[0] <= h <= mx[0] and mn[1] <= w <= mx[1]):
+            raise ExportError(f"the input size {h}x{w} must lie within --min-size {mn[0]}x{mn[1]} and "
+                              f"--max-size {mx[0]}x{mx[1]}")
+    else:
+        mn = mx = (h, w)
+    return {"images": ((lo, 3, *mn), (opt, 3, h, w), (hi, 3, *mx))}
+
+
+def _fits(shape: Sequence[int], profile: Dict[str, Tuple]) -> bool:
+    lo, _, hi = profile["images"]
+    return all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+
+
+class _Steps:
+    """Numbered progress lines with the total known up front."""
+
+    def __init__(self, say: Callable[[str], None], total: int) -> None:
+        self.say, self.total, self.n = say, total, 0
+
+    def __call__(self, text: str) -> None:
+        self.n += 1
+        self.say(f"[{self.n}/{self.total}] {text}")
+
+
 def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[ExportOptions] = None,
                  progress: Progress = print) -> Dict:
-    """Export ``model_path`` into ``out_dir`` and return the manifest (also written as manifest.json).
+    """Export ``model_path`` into ``out_dir`` and return the manifest (also written as manifest.json, last).
 
     Artifacts: ``model.raw.onnx`` (raw per-level outputs), ``model.onnx`` (with ``options.decode``
-    fused), ``parity.json``/``parity.md`` and Polygraphy's ``inputs.json``/``pytorch_outputs.json``.
+    fused), with ``fp16`` ``model.fp16.onnx`` (FP32 islands, overflow guard), an engine
+    (``model.engine`` / ``model.fp16.engine`` + ``.json`` sidecar) unless ``engine="none"``, and the
+    parity reports ``parity.json``/``parity.md`` with Polygraphy's ``inputs.json``/``pytorch_outputs.json``.
     """
     options = options if options is not None else ExportOptions()
     say = progress or (lambda s: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _cleanup_tmp(out_dir)
+    step = _Steps(say, 4 + options.fp16 + (options.engine != "none"))
     steps: Dict[str, float] = {}
     t0 = time.time()
-    say(f"[1/4] loading {model_path}")
+    step(f"loading {model_path}")
     loaded = load_model_file(model_path)
     steps["load"] = time.time() - t0
     model = loaded.model
@@ -131,12 +193,18 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     size = check_input_size(size, stride)
     if loaded.task != "detection" and (options.decode == "activations" or options.topk):
         raise ExportError("--decode activations and --topk apply to detectors only; a classifier exports `logits`")
+    profile = engine_profile(size, options, stride)  # validates --min-size/--max-size before any work
+    library = None
+    if options.engine != "none":
+        from ..engines.library import select_library
+
+        library = select_library(options.engine)  # an unusable --engine fails now, not after the export
     lo, opt, hi = options.batch
     cfg = ExportConfig(input_size=size, batch_size=opt, dynamic_batch=(lo != hi), dynamic_hw=options.dynamic_hw,
                        opset=options.opset)
     t = time.time()
-    say(f"[2/4] exporting ONNX (opset {options.opset}, input {opt}x3x{size[0]}x{size[1]}, "
-        f"batch {'dynamic' if cfg.dynamic_batch else 'static'}, H/W {'dynamic' if cfg.dynamic_hw else 'static'})")
+    step(f"exporting ONNX (opset {options.opset}, input {opt}x3x{size[0]}x{size[1]}, "
+         f"batch {'dynamic' if cfg.dynamic_batch else 'static'}, H/W {'dynamic' if cfg.dynamic_hw else 'static'})")
     raw = export_onnx(loaded, cfg)
     steps["export"] = time.time() - t
     artifacts = []
@@ -146,7 +214,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
                       "sha256": sha256_file(raw_path)})
     t = time.time()
     decode = options.decode if loaded.task == "detection" else "raw"
-    say(f"[3/4] graph surgery: decode={decode}" + (f", top-k {options.topk}" if options.topk else ""))
+    step(f"graph surgery: decode={decode}" + (f", top-k {options.topk}" if options.topk else ""))
     if loaded.task == "detection":
         static_hw = None if options.dynamic_hw else level_sizes(size, model.strides)
         fused = apply_decode(raw, decode, model.strides, model.num_classes, static_hw, options.topk)
@@ -157,26 +225,61 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     atomic_write_bytes(onnx_path, fused.SerializeToString())
     artifacts.append({"role": "onnx", "file": onnx_path.name, "precision": "fp32", "decode": decode, **_io_info(fused),
                       "sha256": sha256_file(onnx_path)})
-    parity = None
+    fp16_path, plan = None, None
+    if options.fp16:
+        t = time.time()
+        fp16_path, plan = _fp16_step(step, fused, loaded, size, options, out_dir)
+        steps["fp16"] = time.time() - t
+        artifacts.append({"role": "onnx-fp16", "file": fp16_path.name, "precision": "fp16", "decode": decode,
+                          **_io_info(onnx.load(str(fp16_path))), "sha256": sha256_file(fp16_path),
+                          "fp16_plan": {"fp16_nodes": plan.fp16_nodes, "fp32_nodes": len(plan.fp32_nodes),
+                                        "casts": plan.casts, "overflow_kept_fp32": [str(o) for o in plan.overflow]}})
+    parity: Optional[Dict] = None
+    feeds = parity_feeds(loaded, size, options, stride) if options.check else []
     if options.check:
-        from ..parity.check import run_parity
+        from ..parity.check import FP16_TOLERANCES, FP32_TOLERANCES, run_parity
 
         t = time.time()
-        feeds = parity_feeds(loaded, size, options, stride)
-        say(f"[4/4] parity vs PyTorch on {len(feeds)} inputs (Polygraphy, ONNX Runtime CPU)")
-        report = run_parity(model, onnx_path, feeds, decode, options.topk, save_dir=out_dir)
+        targets = [(onnx_path, FP32_TOLERANCES)] + ([(fp16_path, FP16_TOLERANCES)] if fp16_path else [])
+        step(f"parity vs PyTorch on {len(feeds)} inputs: {', '.join(p.name for p, _ in targets)} "
+             "(Polygraphy, ONNX Runtime CPU)")
+        reports = []
+        for k, (path, tol) in enumerate(targets):
+            rep = run_parity(model, path, feeds, decode, options.topk, tolerances=tol, save_dir=out_dir if k == 0 else None)
+            reports.append(rep)
+            say(f"      {path.name}: {'PASS' if rep.passed else 'FAIL'} ({rep.summary()})")
+            for a in artifacts:
+                if a["file"] == path.name:
+                    a["parity"] = "pass" if rep.passed else "fail"
         steps["parity"] = time.time() - t
-        atomic_write_text(out_dir / "parity.json", json.dumps(report.to_dict(), indent=2) + "\n")
-        atomic_write_text(out_dir / "parity.md", report.to_markdown())
-        parity = report.to_dict()
-        for a in artifacts:
-            if a["file"] == onnx_path.name:
-                a["parity"] = "pass" if report.passed else "fail"
-        artifacts += [{"role": "parity-report", "file": "parity.json"}, {"role": "parity-report-md", "file": "parity.md"},
-                      {"role": "polygraphy-inputs", "file": "inputs.json"},
+        parity = {"passed": all(r.passed for r in reports), "reports": [r.to_dict() for r in reports],
+                  "markdown": [r.to_markdown() for r in reports]}
+        artifacts += [{"role": "polygraphy-inputs", "file": "inputs.json"},
                       {"role": "polygraphy-reference-outputs", "file": "pytorch_outputs.json"}]
     else:
-        say("[4/4] parity check skipped (--no-check)")
+        step("parity check skipped (--no-check)")
+    engine_info = None
+    if options.engine != "none":
+        t = time.time()
+        engine_info = _engine_step(step, say, options, library, onnx_path, fp16_path, plan, profile, loaded, out_dir)
+        steps["engine_build"] = time.time() - t
+        artifacts.append(engine_info["artifact"])
+        artifacts.append({"role": "engine-sidecar", "file": engine_info["artifact"]["file"] + ".json"})
+        if options.check:
+            t = time.time()
+            engine_info["parity"] = _engine_parity(say, model, out_dir / engine_info["artifact"]["file"],
+                                                   [f for f in feeds if _fits(f[1]["images"].shape, profile)],
+                                                   decode, options, engine_info, parity)
+            steps["engine_parity"] = time.time() - t
+            engine_info["artifact"]["parity"] = engine_info["parity"]["status"]
+    if parity is not None:
+        md = parity.pop("markdown")
+        if engine_info is not None:
+            parity["engine"] = engine_info["parity"]
+            md.append(f"# Engine `{engine_info['artifact']['file']}`\n\n{engine_info['parity']['summary']}\n")
+        atomic_write_text(out_dir / "parity.json", json.dumps(parity, indent=2) + "\n")
+        atomic_write_text(out_dir / "parity.md", "\n".join(md))
+        artifacts += [{"role": "parity-report", "file": "parity.json"}, {"role": "parity-report-md", "file": "parity.md"}]
     manifest = {
         "autotimm_deploy_version": __version__,
         "source": {"path": str(model_path), "sha256": loaded.sha256, "task": loaded.task, "config": loaded.config},
@@ -186,10 +289,97 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
         "artifacts": artifacts,
         "parity": parity,
+        "engine": None if engine_info is None else {k: v for k, v in engine_info.items() if k != "artifact"},
         "timings_s": {k: round(v, 3) for k, v in steps.items()},
     }
+    if plan is not None:
+        manifest["fp16"] = plan.to_dict()
     if loaded.task == "detection":
         manifest["strides"] = list(model.strides)
     manifest["class_names"] = loaded.metadata.get("class_names")
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # written last
     return manifest
+
+
+def _fp16_step(step, fused: onnx.ModelProto, loaded: LoadedModel, size: Tuple[int, int], options: ExportOptions,
+               out_dir: Path):
+    from .fp16 import convert_to_fp16_guarded, probe_inputs
+
+    islands = options.islands()
+    step(f"FP16 ONNX: FP32 islands {', '.join(islands.op_types) or '-'} + nodes {', '.join(islands.node_names) or '-'}"
+         + ("; overflow guard on demo images and extreme inputs" if options.overflow_guard else "; overflow guard off"))
+    probes = [(label, {"images": x}) for label, x in
+              probe_inputs((1, 3, *size), loaded.metadata["mean"], loaded.metadata["std"], options.seed)]
+    if options.overflow_guard and options.demo_images:
+        probes += [(label, feed) for label, feed in parity_feeds(loaded, size, replace(options, random_inputs=0), 1)
+                   if "synthetic" in label]
+    m16, plan = convert_to_fp16_guarded(fused, probes, islands, fp16_input=options.fp16_input,
+                                        guard=options.overflow_guard)
+    for o in plan.overflow:
+        step.say(f"      kept in FP32 to avoid FP16 overflow: {o}")
+    path = out_dir / "model.fp16.onnx"
+    atomic_write_bytes(path, m16.SerializeToString())
+    return path, plan
+
+
+def _engine_step(step, say, options: ExportOptions, library, onnx_path: Path, fp16_path: Optional[Path], plan, profile,
+                 loaded: LoadedModel, out_dir: Path) -> Dict:
+    from ..engines.build import BuildConfig, engine_from_onnx
+    from ..engines.sidecar import EngineCache
+
+    lib, why = library
+    precision = "fp16" if options.fp16 else "fp32"
+    if precision == "fp16" and lib.strongly_typed:
+        source = fp16_path  # precision is in the graph's types
+        fp32_layers: Tuple[str, ...] = ()
+    else:
+        source = onnx_path  # FP32 network; on TensorRT 10 the FP16 flag + pinned FP32 islands
+        fp32_layers = tuple(plan.fp32_nodes) if plan is not None else ()
+    name = "model.fp16.engine" if precision == "fp16" else "model.engine"
+    step(f"building {precision.upper()} engine with {lib.name} {lib.version} from {source.name} ({why})")
+    config = BuildConfig(profiles=[profile], precision=precision, workspace_mib=options.workspace_mib,
+                         targets=tuple(options.target_cc), fp32_layers=fp32_layers,
+                         fp32_islands=options.islands().to_dict() if options.fp16 else None)
+    cache = EngineCache(options.cache_dir) if options.cache else None
+    if cache is not None and not lib.ahead_of_time:
+        from ..engines.library import gpu_info
+
+        gpu = gpu_info() or {"name": "none"}
+        config.timing_cache = cache.timing_cache_path(lib.name, lib.version, str(gpu["name"]))
+    sidecar = engine_from_onnx(source, out_dir / name, lib, config, cache, progress=lambda s: say("      " + s.strip()),
+                               provenance={"source_sha256": loaded.sha256, "onnx_file": source.name})
+    size_mb = sidecar["engine"]["bytes"] / 1e6
+    targets = sidecar["targets"]
+    where = ", ".join(targets["compute_capabilities"]) if "compute_capabilities" in targets else targets["gpu"]["name"]
+    say(f"      {name}: {size_mb:.1f} MB for {where}, build {sidecar['build']['seconds']:.1f}s, cache {sidecar['cache']}")
+    return {"library": lib.describe(), "selected_because": why, "sidecar": name + ".json", "cache": sidecar["cache"],
+            "artifact": {"role": "engine", "file": name, "precision": precision, "library": lib.name,
+                         "library_version": lib.version, "targets": targets, "sha256": sidecar["engine"]["sha256"],
+                         "source_onnx": source.name}}
+
+
+def _engine_parity(say, model, engine_path: Path, feeds, decode: str, options: ExportOptions, engine_info: Dict,
+                   parity: Optional[Dict]) -> Dict:
+    """Run the engine against PyTorch where this machine can; otherwise say exactly why not."""
+    from ..engines.load import check_engine, engine_runnable
+
+    sidecar = check_engine(engine_path)
+    ok, why = engine_runnable(sidecar)
+    onnx_verdict = "FP16 ONNX" if options.fp16 else "ONNX"
+    if not ok:
+        summary = f"engine built, not executed: {why}; the {onnx_verdict} parity verdict stands"
+        say(f"      {summary}")
+        return {"status": "not executed", "reason": why, "summary": summary}
+    from ..engines.runner import EngineRunner
+    from ..parity.check import FP16_TOLERANCES, FP32_TOLERANCES, run_parity
+
+    tol = FP16_TOLERANCES if options.fp16 else FP32_TOLERANCES
+    rep = run_parity(model, engine_path, feeds, decode, options.topk, tolerances=tol,
+                     runner=EngineRunner(engine_path, name=engine_path.name))
+    summary = f"executed on {why}: {'PASS' if rep.passed else 'FAIL'} ({rep.summary()})"
+    say(f"      engine parity {summary}")
+    if parity is not None:
+        parity["passed"] = parity["passed"] and rep.passed
+        parity["reports"].append(rep.to_dict())
+        parity["markdown"].append(rep.to_markdown())
+    return {"status": "pass" if rep.passed else "fail", "executed_on": why, "summary": summary}

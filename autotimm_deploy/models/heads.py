@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import List, Sequence, Tuple
 
-import torch
+import torch  # noqa: F401  (used by the doctests)
 from torch import Tensor, nn
 
 __all__ = ["ClassificationHead", "DetectionHead", "group_norm_groups"]

@@ -18,13 +18,13 @@ def test_export_demo_detector(tmp_path, capsys):
     assert [o["name"] for o in roles["onnx-raw"]["outputs"]][:3] == ["cls_p3", "cls_p4", "cls_p5"]
     assert manifest["class_names"] == ["rectangle", "ellipse", "triangle", "cross"]
     parity = manifest["parity"]
-    assert parity["passed"]
-    det = parity["detections"]
+    assert parity["passed"] and [r["artifact"] for r in parity["reports"]] == ["model.onnx"]
+    det = parity["reports"][0]["detections"]
     assert det["reference"] >= 4 and det["matched"] == det["reference"]  # real detections, all matched
     assert all((out / f).exists() for f in ("parity.md", "inputs.json", "pytorch_outputs.json", "model.raw.onnx"))
     assert not list(out.glob(".autotimm-tmp-*"))
     printed = capsys.readouterr()
-    assert "parity: PASS" in printed.out and "[4/4] parity" in printed.err
+    assert "parity: PASS" in printed.out and "[4/5] parity" in printed.err and "[5/5] building FP32 engine" in printed.err
 
 
 def test_export_dynamic_hw_checks_second_shape(tmp_path):
@@ -32,7 +32,7 @@ def test_export_dynamic_hw_checks_second_shape(tmp_path):
     assert main([str(demo_model_path("detector")), "--out", str(out), "--dynamic-hw", "--batch", "1:1:2",
                  "--decode", "boxes", "--topk", "50"]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert any("second shape 2x3x160x192" in s for s in manifest["parity"]["inputs"])
+    assert any("second shape 2x3x160x192" in s for s in manifest["parity"]["reports"][0]["inputs"])
     onnx_art = [a for a in manifest["artifacts"] if a["role"] == "onnx"][0]
     assert onnx_art["inputs"][0]["shape"] == ["batch", 3, "height", "width"]
     assert [o["name"] for o in onnx_art["outputs"]] == ["boxes", "scores", "indices"]
@@ -42,7 +42,7 @@ def test_export_classifier(tmp_path):
     out = tmp_path / "cls"
     assert main([str(demo_model_path("classifier")), "--out", str(out)]) == 0
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["parity"]["passed"] and manifest["parity"]["outputs"][0]["name"] == "logits"
+    assert manifest["parity"]["passed"] and manifest["parity"]["reports"][0]["outputs"][0]["name"] == "logits"
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -88,3 +88,31 @@ def test_parity_failure_exits_1(tmp_path, monkeypatch, capsys):
     assert main([str(demo_model_path("detector")), "--out", str(out)]) == 1
     assert "parity: FAIL" in capsys.readouterr().out
     assert json.loads((out / "manifest.json").read_text())["parity"]["passed"] is False
+
+
+def test_fp16_cli_reports_both_verdicts(tmp_path, capsys):
+    out = tmp_path / "fp16"
+    assert main([str(demo_model_path("detector")), "--out", str(out), "--fp16", "--fp16-input", "--engine", "none"]) == 0
+    printed = capsys.readouterr()
+    assert "parity model.onnx: PASS" in printed.out and "parity model.fp16.onnx: PASS" in printed.out
+    assert "[4/5] FP16 ONNX: FP32 islands InstanceNormalization" in printed.err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["engine"] is None and not list(out.glob("*.engine"))
+    art = [a for a in manifest["artifacts"] if a["role"] == "onnx-fp16"][0]
+    assert art["inputs"][0]["dtype"] == "float16" and art["outputs"][0]["dtype"] == "float32"
+    assert manifest["fp16"]["fp16_nodes"] > 50 and manifest["fp16"]["overflow_kept_fp32"] == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--min-size", "64", "64"], "need --dynamic-hw"),
+    (["--fp16-input"], "--fp16-input needs --fp16"),
+    (["--dynamic-hw", "--min-size", "256", "256"], "must lie within --min-size 256x256"),
+    (["--fp16", "--fp32-ops", "+Sigmoid", "--fp32-nodes", "nope*", "--engine", "tensorrt"], "pypi.nvidia.com"),
+])
+def test_fp16_and_engine_usage_errors(tmp_path, capsys, argv, message, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # full TensorRT absent, as on these machines
+    assert main([str(demo_model_path("detector")), "--out", str(tmp_path / "o"), "--no-check", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
