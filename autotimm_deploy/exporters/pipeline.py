@@ -309,7 +309,7 @@ def _fp16_step(step, fused: onnx.ModelProto, loaded: LoadedModel, size: Tuple[in
     step(f"FP16 ONNX: FP32 islands {', '.join(islands.op_types) or '-'} + nodes {', '.join(islands.node_names) or '-'}"
          + ("; overflow guard on demo images and extreme inputs" if options.overflow_guard else "; overflow guard off"))
     probes = [(label, {"images": x}) for label, x in
-              probe_inputs((1, 3, *size), loaded.metadata["mean"], loaded.metadata["std"], options.seed)]
+              probe_inputs((options.batch[0], 3, *size), loaded.metadata["mean"], loaded.metadata["std"], options.seed)]
     if options.overflow_guard and options.demo_images:
         probes += [(label, feed) for label, feed in parity_feeds(loaded, size, replace(options, random_inputs=0), 1)
                    if "synthetic" in label]

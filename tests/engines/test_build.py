@@ -79,6 +79,19 @@ def test_manifest_says_whether_the_engine_ran(detector_export):
         assert manifest["engine"]["parity"]["status"] in ("pass", "not executed")
 
 
+def test_fp16_detector_dynamic_hw_engine(tmp_path):
+    out = tmp_path / "dyn"
+    assert main([str(demo_model_path("detector")), "--out", str(out), "--fp16", "--dynamic-hw", "--batch", "1:1:2",
+                 "--min-size", "64", "96", "--max-size", "256", "256", "--topk", "100", "--no-cache"]) == 0
+    side = read_sidecar(out / "model.fp16.engine")
+    assert side["profiles"] == [{"images": {"min": [1, 3, 64, 96], "opt": [1, 3, 128, 128], "max": [2, 3, 256, 256]}}]
+    assert side["io"]["inputs"][0]["shape"] == [-1, 3, -1, -1]
+    assert [o["name"] for o in side["io"]["outputs"]] == ["boxes", "scores", "indices"]
+    assert side["io"]["outputs"][2]["dtype"] == "int64"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] and len(manifest["parity"]["reports"]) == 2
+
+
 def test_cache_hit_and_every_change_rebuilds(detector_export, tmp_path):
     out, cache = detector_export
     base = [str(demo_model_path("detector")), "--fp16", "--cache-dir", str(cache), "--no-check"]
@@ -129,7 +142,8 @@ def test_damaged_cache_entry_is_a_miss(tmp_path, rtx):
 @pytest.fixture(scope="module")
 def classifier_engines(tmp_path_factory):
     out = tmp_path_factory.mktemp("cls")
-    assert main([str(demo_model_path("classifier")), "--out", str(out / "fp16"), "--fp16", "--no-cache"]) == 0
+    assert main([str(demo_model_path("classifier")), "--out", str(out / "fp16"), "--fp16", "--batch", "2",
+                 "--no-cache"]) == 0
     assert main([str(demo_model_path("classifier")), "--out", str(out / "fp32"), "--dynamic-hw", "--batch", "1:4:8",
                  "--no-cache"]) == 0
     return out
@@ -137,7 +151,8 @@ def classifier_engines(tmp_path_factory):
 
 def test_classifier_fp16_and_dynamic_fp32_engines(classifier_engines):
     s16 = read_sidecar(classifier_engines / "fp16" / "model.fp16.engine")
-    assert s16["precision"] == "fp16" and s16["io"]["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [-1, 4]}]
+    assert s16["precision"] == "fp16" and s16["io"]["outputs"] == [{"name": "logits", "dtype": "float32", "shape": [2, 4]}]
+    assert s16["profiles"] == [{"images": {"min": [2, 3, 64, 64], "opt": [2, 3, 64, 64], "max": [2, 3, 64, 64]}}]
     s32 = read_sidecar(classifier_engines / "fp32" / "model.engine")
     assert s32["precision"] == "fp32" and s32["onnx"]["file"] == "model.onnx"
     assert s32["profiles"] == [{"images": {"min": [1, 3, 32, 32], "opt": [4, 3, 64, 64], "max": [8, 3, 128, 128]}}]
