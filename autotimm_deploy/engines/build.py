@@ -316,6 +316,7 @@ def engine_from_onnx(onnx_path: str | Path, engine_path: str | Path, lib: TrtLib
             "profiles": key_fields["profiles"],
             "io": built.io,
             "onnx": {"file": onnx_path.name, "sha256": onnx_sha},
+            "model": {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props},
             "workspace_mib": config.workspace_mib,
             "fp32_islands": config.fp32_islands,
             "dropped_targets": dropped,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -28,6 +29,7 @@ __all__ = [
     "anchor_points",
     "decode",
     "batched_nms_postprocess",
+    "postprocess_outputs",
 ]
 
 BBOX_LOG_CLAMP = 10.0
@@ -92,9 +94,15 @@ def batched_nms_postprocess(
     iou_thresh: float = 0.6,
     max_detections: int = 100,
     pre_nms_top_k: int = 1000,
+    agnostic: bool = False,
 ) -> List[Dict[str, Tensor]]:
-    """Class-aware NMS on decoded candidates; returns one dict per image with boxes, scores, labels."""
-    from torchvision.ops import batched_nms
+    """Class-aware NMS on decoded candidates; returns one dict per image with boxes, scores, labels.
+
+    Per image: candidates (box, class) with score > ``score_thresh``, the ``pre_nms_top_k`` best,
+    greedy NMS per class (IoU > ``iou_thresh`` suppresses; across classes with ``agnostic``), sorted
+    by score, at most ``max_detections``.  The C++ runtime (cpp/) implements the same rule.
+    """
+    from torchvision.ops import batched_nms, nms
 
     results = []
     num_classes = scores.shape[-1]
@@ -107,6 +115,40 @@ def batched_nms_postprocess(
         cand_scores = flat[keep]
         cand_boxes = bx[keep // num_classes]
         cand_labels = keep % num_classes
-        kept = batched_nms(cand_boxes, cand_scores, cand_labels, iou_thresh)[:max_detections]
+        if agnostic:
+            kept = nms(cand_boxes, cand_scores, iou_thresh)[:max_detections]
+        else:
+            kept = batched_nms(cand_boxes, cand_scores, cand_labels, iou_thresh)[:max_detections]
         results.append({"boxes": cand_boxes[kept], "scores": cand_scores[kept], "labels": cand_labels[kept]})
     return results
+
+
+def postprocess_outputs(outputs: Dict[str, np.ndarray], decode_mode: str, strides: Sequence[int],
+                        image_size: Tuple[int, int], score_thresh: float = 0.05, iou_thresh: float = 0.6,
+                        max_detections: int = 100, class_agnostic: bool = False) -> List[Dict[str, np.ndarray]]:
+    """Decode whatever an export did not (``decode_mode`` "raw", "activations" or "boxes", with or
+    without top-k) and run NMS: one dict of numpy ``boxes``/``scores``/``labels`` per image.
+
+    This is the post-processing of every runtime, so all backends share one implementation.
+    """
+    t = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32) if v.dtype != np.int64 else v)
+         for k, v in outputs.items()}
+    levels = ["p3", "p4", "p5", "p6", "p7"][: len(strides)]
+    if decode_mode == "raw":
+        boxes, scores = decode([t[f"cls_{l}"] for l in levels], [t[f"bbox_{l}"] for l in levels],
+                               [t[f"ctr_{l}"] for l in levels], strides, image_size)
+    elif decode_mode == "activations":
+        # probabilities and distances already applied: invert to the raw convention and reuse decode
+        logit = lambda p: torch.logit(p.clamp(1e-7, 1 - 1e-7))
+        boxes, scores = decode([logit(t[f"cls_{l}"]) for l in levels],
+                               [torch.log(t[f"bbox_{l}"].clamp(min=1e-30)) for l in levels],
+                               [logit(t[f"ctr_{l}"]) for l in levels], strides, image_size)
+    else:
+        boxes, scores = t["boxes"], t["scores"]
+    if class_agnostic:  # best class per candidate, NMS across classes
+        best, label = scores.max(dim=-1)
+        onehot = torch.zeros_like(scores).scatter_(-1, label[..., None], best[..., None])
+        res = batched_nms_postprocess(boxes, onehot, score_thresh, iou_thresh, max_detections, agnostic=True)
+    else:
+        res = batched_nms_postprocess(boxes, scores, score_thresh, iou_thresh, max_detections)
+    return [{k: v.numpy() for k, v in r.items()} for r in res]

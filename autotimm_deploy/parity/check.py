@@ -38,6 +38,7 @@ import torch
 
 from .._atomic import atomic_write_text
 from ..errors import ParityError
+from ..models.decode import postprocess_outputs as detections_from_outputs
 from .runners import TorchRunner
 
 __all__ = ["Tolerances", "FP32_TOLERANCES", "FP16_TOLERANCES", "OutputStats", "DetectionAgreement", "ParityReport", "run_parity",
@@ -173,29 +174,6 @@ def match_detections(ref: Sequence[Dict[str, np.ndarray]], cand: Sequence[Dict[s
                 matched += 1
                 max_diff = max(max_diff, abs(float(rs[i]) - float(cs[j])))
     return DetectionAgreement(n_ref, n_cand, matched, max_diff, score_thr, iou_thr, min_match)
-
-
-def detections_from_outputs(outputs: Dict[str, np.ndarray], decode_mode: str, strides: Sequence[int],
-                            image_size: Tuple[int, int], score_thresh: float = 0.05, iou_thresh: float = 0.6,
-                            max_detections: int = 100) -> List[Dict[str, np.ndarray]]:
-    """Decode (whatever the graph did not) and run class-aware NMS on one run's outputs."""
-    from ..models.decode import batched_nms_postprocess, decode
-
-    t = {k: torch.from_numpy(np.asarray(v, dtype=np.float32) if v.dtype != np.int64 else v) for k, v in outputs.items()}
-    levels = ["p3", "p4", "p5", "p6", "p7"][: len(strides)]
-    if decode_mode == "raw":
-        boxes, scores = decode([t[f"cls_{l}"] for l in levels], [t[f"bbox_{l}"] for l in levels],
-                               [t[f"ctr_{l}"] for l in levels], strides, image_size)
-    elif decode_mode == "activations":
-        # probabilities and distances already applied: invert to the raw convention and reuse decode
-        logit = lambda p: torch.logit(p.clamp(1e-7, 1 - 1e-7))
-        boxes, scores = decode([logit(t[f"cls_{l}"]) for l in levels],
-                               [torch.log(t[f"bbox_{l}"].clamp(min=1e-30)) for l in levels],
-                               [logit(t[f"ctr_{l}"]) for l in levels], strides, image_size)
-    else:
-        boxes, scores = t["boxes"], t["scores"]
-    res = batched_nms_postprocess(boxes, scores, score_thresh, iou_thresh, max_detections)
-    return [{k: v.numpy() for k, v in r.items()} for r in res]
 
 
 def _stats(name: str, ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> OutputStats:

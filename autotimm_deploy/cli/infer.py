@@ -1,0 +1,113 @@
+"""``autotimm-infer ARTIFACT IMAGE... [--out DIR] [--backend ...] [--score-thr ...]``: detect or classify.
+
+ARTIFACT is an export directory (or its manifest.json), an .engine, an .onnx or a model file.
+Writes ``DIR/detections.json`` (or ``classifications.json``) and one PNG per image with the boxes and
+labels drawn, and prints a short table.  An unreadable image gives one error line and the others
+still run.  Exit codes: 0 all images done, 2 usage error or any image failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+from .common import make_parser, run_main
+
+_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
+            (240, 50, 230), (210, 245, 60)]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = make_parser("autotimm-infer", __doc__)
+    p.add_argument("artifact", type=Path, help="export directory, manifest.json, .engine, .onnx, .pt or .safetensors")
+    p.add_argument("images", type=Path, nargs="+", help="image files (PNG, JPEG, PPM, ...)")
+    p.add_argument("--out", type=Path, default=Path("infer_out"), help="output directory (default infer_out)")
+    p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "pytorch"], default="auto",
+                   help="auto: the engine where it can run, else ONNX Runtime (default)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default=None,
+                   help="with an export directory and ONNX Runtime: which ONNX to run")
+    p.add_argument("--score-thr", type=float, default=0.3, help="minimum score (default 0.3)")
+    p.add_argument("--iou-thr", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
+    p.add_argument("--max-det", type=int, default=100, help="detections per image (default 100)")
+    p.add_argument("--class-agnostic", action="store_true", help="NMS across classes")
+    p.add_argument("--no-draw", action="store_true", help="do not write the PNG pictures")
+    return p
+
+
+def _draw(image, result, path: Path) -> None:
+    from PIL import Image, ImageDraw
+
+    img = Image.fromarray(image)
+    draw = ImageDraw.Draw(img)
+    if hasattr(result, "boxes"):
+        for b, s, l, n in zip(result.boxes, result.scores, result.labels, result.class_names):
+            c = _COLOURS[int(l) % len(_COLOURS)]
+            draw.rectangle([float(v) for v in b], outline=c, width=2)
+            draw.text((float(b[0]) + 2, float(b[1]) + 1), f"{n} {s:.2f}", fill=c)
+    else:
+        name, prob = result.top(1)[0]
+        draw.text((3, 3), f"{name} {prob:.2f}", fill=(255, 255, 255))
+    from .._atomic import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        img.save(f, format="PNG")
+
+
+def _body(args: argparse.Namespace) -> int:
+    from .._atomic import atomic_write_text
+    from ..engines.predictor import load, load_image
+    from ..errors import AutotimmError
+
+    if not 0 <= args.score_thr <= 1 or not 0 < args.iou_thr <= 1 or args.max_det < 1:
+        raise AutotimmError("--score-thr must be in [0, 1], --iou-thr in (0, 1], --max-det >= 1")
+    start = time.time()
+    predictor = load(args.artifact, args.backend, precision=args.precision)
+    print(f"backend: {predictor.describe()}", file=sys.stderr)
+    args.out.mkdir(parents=True, exist_ok=True)
+    records, failed = [], 0
+    detection = predictor.info.task == "detection"
+    print(f"\n{'image':<32} {'size':>9} {'n':>4}  {'top results'}")
+    for path in args.images:
+        try:
+            image = load_image(path)
+            result = predictor.predict(image, args.score_thr, args.iou_thr, args.max_det, args.class_agnostic)[0]
+        except AutotimmError as exc:
+            failed += 1
+            print(f"autotimm-infer: error: {exc}", file=sys.stderr)
+            records.append({"image": str(path), "error": str(exc)})
+            continue
+        except Exception as exc:  # a backend failing on one input must not stop the others
+            failed += 1
+            msg = f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            print(f"autotimm-infer: error: {msg}", file=sys.stderr)
+            records.append({"image": str(path), "error": msg})
+            continue
+        records.append({"image": str(path), **result.to_dict()})
+        if detection:
+            top = ", ".join(f"{n} {s:.2f}" for n, s in zip(result.class_names[:3], result.scores[:3]))
+            n = len(result.boxes)
+        else:
+            top = ", ".join(f"{n} {p:.2f}" for n, p in result.top(3))
+            n = 1
+        h, w = image.shape[:2]
+        print(f"{str(path)[-32:]:<32} {w:>4}x{h:<4} {n:>4}  {top}")
+        if not args.no_draw:
+            _draw(image, result, args.out / f"{path.stem}.png")
+    name = "detections.json" if detection else "classifications.json"
+    doc = {"artifact": str(args.artifact), "backend": predictor.backend.name, "source": predictor.source,
+           "score_thr": args.score_thr, "iou_thr": args.iou_thr, "images": records}
+    atomic_write_text(args.out / name, json.dumps(doc, indent=1) + "\n")
+    print(f"\nwrote {args.out / name} ({len(records) - failed} ok, {failed} failed) in {time.time() - start:.1f}s")
+    return 2 if failed else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return run_main(_body, build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The Python runtime: ``load(path)`` gives a :class:`Predictor` for anything ``autotimm-export`` wrote.
+
+>>> from autotimm_deploy.engines import load
+>>> from autotimm_deploy.demo import demo_model_path
+>>> from autotimm_deploy.demo.shapes import render_detection_sample
+>>> image, boxes, labels = render_detection_sample(2_000_000, size=128)
+>>> predictor = load(demo_model_path("detector"))         # a model file, an .onnx, an .engine or an export dir
+>>> result = predictor.predict(image, score_thresh=0.3)[0]
+>>> predictor.backend.name, sorted(result.labels.tolist()) == sorted(labels.tolist())
+('pytorch (eager, CPU, FP32)', True)
+
+Every backend shares one contract: ``infer(dict of arrays) -> dict of arrays`` on network inputs,
+and ``predict(images)``: letterbox to the network size (aspect kept, top-left, padded with the mean
+colour), normalise with the recorded mean/std, cast to the input dtype, run in batches that fit
+the batch range, decode whatever the graph did not fuse, NMS, and boxes mapped back to the original
+image pixels.  Classifiers return class probabilities.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import AutotimmError, EngineIncompatible
+from .backends import Backend, EngineBackend, OnnxRuntimeBackend, TorchBackend
+
+__all__ = ["ArtifactInfo", "Detections", "Classification", "Predictor", "load", "load_image", "Letterbox"]
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
+
+
+@dataclass
+class ArtifactInfo:
+    """What a runtime needs to know about a model, read from the artifact's metadata."""
+
+    task: str
+    class_names: List[str]
+    input_size: Tuple[int, int]
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    decode: str = "raw"
+    strides: Tuple[int, ...] = ()
+    batch: Tuple[int, int] = (1, 1 << 30)  # min, max
+    dynamic_hw: bool = False
+    hw_range: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None
+
+    @classmethod
+    def from_metadata(cls, meta: Dict[str, str], batch: Tuple[int, int] = (1, 1 << 30),
+                      hw_range=None) -> "ArtifactInfo":
+        """From ONNX ``metadata_props`` (as written by autotimm-export) or an engine sidecar's ``model``."""
+        j = lambda k, d=None: json.loads(meta[k]) if k in meta else d
+        if "task" not in meta:
+            raise AutotimmError("the artifact has no autotimm-deploy metadata (task, input size, mean/std); "
+                                "export it with autotimm-export")
+        num = int(meta.get("num_classes", 0))
+        return cls(task=meta["task"], class_names=j("class_names") or [f"class_{i}" for i in range(num)],
+                   input_size=tuple(j("input_size")), mean=tuple(j("mean")), std=tuple(j("std")),
+                   decode=meta.get("decode", "raw"), strides=tuple(j("strides", [])), batch=batch,
+                   dynamic_hw=bool(j("dynamic_hw", False)), hw_range=hw_range)
+
+
+@dataclass
+class Letterbox:
+    """How an image was placed in the network input: ``x_net = x_img * scale`` (top-left aligned)."""
+
+    scale: float
+    width: int  # original image size
+    height: int
+
+    def to_image(self, boxes: np.ndarray) -> np.ndarray:
+        out = boxes / self.scale
+        out[:, 0::2] = out[:, 0::2].clip(0, self.width)
+        out[:, 1::2] = out[:, 1::2].clip(0, self.height)
+        return out
+
+
+@dataclass
+class Detections:
+    boxes: np.ndarray  # (n, 4) xyxy in original image pixels
+    scores: np.ndarray
+    labels: np.ndarray
+    class_names: List[str]
+    width: int
+    height: int
+
+    def to_dict(self) -> Dict:
+        return {"width": self.width, "height": self.height,
+                "detections": [{"box": [round(float(v), 3) for v in b], "score": round(float(s), 6), "label": int(l),
+                                "class_name": n}
+                               for b, s, l, n in zip(self.boxes, self.scores, self.labels, self.class_names)]}
+
+
+@dataclass
+class Classification:
+    probs: np.ndarray  # (num_classes,)
+    class_names: List[str] = field(default_factory=list)
+
+    def top(self, k: int = 5) -> List[Tuple[str, float]]:
+        idx = np.argsort(-self.probs)[:k]
+        return [(self.class_names[i], float(self.probs[i])) for i in idx]
+
+    def to_dict(self) -> Dict:
+        return {"top": [{"class_name": n, "prob": round(p, 6)} for n, p in self.top(5)],
+                "probs": [round(float(p), 6) for p in self.probs]}
+
+
+ImageLike = Union[np.ndarray, str, Path, "PIL.Image.Image"]  # noqa: F821
+
+
+def load_image(image: ImageLike) -> np.ndarray:
+    """An RGB uint8 HxWx3 array from a path, a PIL image or an array (gray and RGBA are converted)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, (str, Path)):
+        try:
+            with Image.open(image) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise AutotimmError(f"{image}: no such image file") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise AutotimmError(f"{image}: not a readable image ({exc.__class__.__name__}: {exc})") from None
+    if hasattr(image, "convert"):
+        return np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 1:
+        raise AutotimmError(f"expected an HxWx3 RGB image, got an array of shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise AutotimmError(f"expected uint8 pixels (0-255), got {arr.dtype}")
+    return arr[..., :3]
+
+
+class Predictor:
+    """A backend plus the pre/post-processing its metadata describes."""
+
+    def __init__(self, backend: Backend, info: ArtifactInfo, source: str = "", why: str = "") -> None:
+        self.backend, self.info, self.source, self.why = backend, info, source, why
+
+    def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        return self.backend.infer(feed)
+
+    def _target_size(self, h: int, w: int) -> Tuple[int, int]:
+        info = self.info
+        if info.dynamic_hw:
+            s = max(info.strides) if info.strides else 32
+            th, tw = -(-h // s) * s, -(-w // s) * s
+            lo, hi = info.hw_range or ((s, s), (1 << 30, 1 << 30))
+            if lo[0] <= th <= hi[0] and lo[1] <= tw <= hi[1]:
+                return th, tw
+        return tuple(info.input_size)
+
+    def preprocess(self, images: Sequence[np.ndarray], size: Tuple[int, int]) -> Tuple[np.ndarray, List[Letterbox]]:
+        """Letterbox each image into ``size`` and normalise: (B, 3, H, W) in the backend's input dtype."""
+        from PIL import Image
+
+        th, tw = size
+        mean = np.asarray(self.info.mean, np.float32)
+        std = np.asarray(self.info.std, np.float32)
+        batch = np.empty((len(images), 3, th, tw), np.float32)
+        boxes = []
+        for k, img in enumerate(images):
+            h, w = img.shape[:2]
+            scale = min(th / h, tw / w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            resized = img if (nh, nw) == (h, w) else np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+            canvas = np.empty((th, tw, 3), np.float32)
+            canvas[...] = mean  # padding normalises to 0
+            canvas[:nh, :nw] = resized.astype(np.float32) / 255.0
+            batch[k] = ((canvas - mean) / std).transpose(2, 0, 1)
+            boxes.append(Letterbox(scale, w, h))
+        return batch.astype(self.backend.input_dtype, copy=False), boxes
+
+    def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thresh: float = 0.05,
+                iou_thresh: float = 0.6, max_detections: int = 100,
+                class_agnostic: bool = False) -> List[Union[Detections, Classification]]:
+        """Run on one image or a list; returns one result per image, in order."""
+        from ..models.decode import postprocess_outputs
+
+        if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "convert"):
+            images = [images]
+        arrays = [load_image(im) for im in images]
+        lo, hi = self.info.batch
+        groups: Dict[Tuple[int, int], List[int]] = {}
+        for i, a in enumerate(arrays):
+            groups.setdefault(self._target_size(*a.shape[:2]), []).append(i)
+        results: List = [None] * len(arrays)
+        for size, idx in groups.items():
+            for start in range(0, len(idx), hi):
+                chunk = idx[start:start + hi]
+                batch, boxes = self.preprocess([arrays[i] for i in chunk], size)
+                n = len(chunk)
+                if n < lo:  # static or minimum batch: pad with copies, drop their outputs
+                    batch = np.concatenate([batch] + [batch[-1:]] * (lo - n))
+                out = self.backend.infer({self.backend.input_name: batch})
+                if self.info.task == "classification":
+                    logits = np.asarray(out["logits"], np.float64)[:n]
+                    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+                    for i, p in zip(chunk, e / e.sum(axis=1, keepdims=True)):
+                        results[i] = Classification(p.astype(np.float32), list(self.info.class_names))
+                    continue
+                out = {k: np.asarray(v)[:n] for k, v in out.items()}
+                dets = postprocess_outputs(out, self.info.decode, self.info.strides, size, score_thresh, iou_thresh,
+                                           max_detections, class_agnostic)
+                for i, d, lb in zip(chunk, dets, boxes):
+                    names = [self.info.class_names[int(l)] for l in d["labels"]]
+                    results[i] = Detections(lb.to_image(d["boxes"].astype(np.float32)), d["scores"], d["labels"],
+                                            names, lb.width, lb.height)
+        return results
+
+    def _with(self, source: str, why: str) -> "Predictor":
+        self.source, self.why = source, why
+        return self
+
+    def describe(self) -> str:
+        return f"{self.backend.name} <- {self.source}" + (f" ({self.why})" if self.why else "")
+
+
+def _onnx_info(path: Path) -> ArtifactInfo:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    meta = {p.key: p.value for p in m.metadata_props}
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    b = dims[0].dim_value
+    return ArtifactInfo.from_metadata(meta, batch=(b, b) if b else (1, 1 << 30))
+
+
+def _engine_info(sidecar: Dict) -> ArtifactInfo:
+    prof = sidecar["profiles"][0]
+    lo, hi = prof[sidecar["io"]["inputs"][0]["name"]]["min"], prof[sidecar["io"]["inputs"][0]["name"]]["max"]
+    return ArtifactInfo.from_metadata(sidecar.get("model", {}), batch=(lo[0], hi[0]),
+                                      hw_range=((lo[2], lo[3]), (hi[2], hi[3])))
+
+
+def _model_file_info(backend: TorchBackend) -> ArtifactInfo:
+    loaded = backend.loaded
+    meta = loaded.metadata
+    size = meta.get("input_size") or [224, 224]
+    strides = tuple(getattr(loaded.model, "strides", ()))
+    return ArtifactInfo(loaded.task, list(meta["class_names"]), tuple(size), tuple(meta["mean"]), tuple(meta["std"]),
+                        "raw", strides, dynamic_hw=False)
+
+
+def load(path: str | Path, backend: str = "auto", precision: Optional[str] = None,
+         providers: Optional[Sequence[str]] = None, cuda_graphs: bool = False) -> Predictor:
+    """A :class:`Predictor` for ``path``: an export directory or its ``manifest.json``, an ``.engine``,
+    an ``.onnx`` or a model file (``.pt``/``.safetensors``).
+
+    ``backend``: ``auto`` (an export directory: the engine if this machine can run it, else ONNX
+    Runtime on the FP32 ONNX, or the FP16 ONNX when ``precision="fp16"`` or ONNX Runtime has CUDA),
+    ``tensorrt`` (the engine; an error says why it cannot run), ``onnxruntime`` or ``pytorch``
+    (the export's source model file).  ``predictor.why`` says what was chosen and why.
+    """
+    from .load import check_engine, engine_runnable
+
+    if backend not in BACKENDS:
+        raise AutotimmError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    path = Path(path)
+    if not path.exists():
+        raise AutotimmError(f"{path}: no such file or directory")
+    if path.is_dir() or path.name == "manifest.json":
+        d = path if path.is_dir() else path.parent
+        mpath = d / "manifest.json"
+        if not mpath.exists():
+            raise AutotimmError(f"{d}: not an export directory (no manifest.json); run autotimm-export first")
+        manifest = json.loads(mpath.read_text())
+        arts = {a["role"]: a for a in manifest["artifacts"]}
+        why = ""
+        if backend in ("auto", "tensorrt") and "engine" in arts:
+            engine = d / arts["engine"]["file"]
+            ok, reason = engine_runnable(check_engine(engine))
+            if ok:
+                return load(engine, "tensorrt", cuda_graphs=cuda_graphs)._with(
+                    str(engine), f"engine runs here: {reason}")
+            if backend == "tensorrt":
+                raise EngineIncompatible(f"{engine}: cannot run here: {reason}")
+            why = f"engine not runnable here ({reason}); "
+        elif backend == "tensorrt":
+            raise AutotimmError(f"{d}: the export has no engine (exported with --engine none?)")
+        if backend == "pytorch":
+            src = Path(manifest["source"]["path"])
+            return load(src, "pytorch")._with(str(src), "the export's source model file")
+        cuda = "CUDAExecutionProvider" in (providers or _providers())
+        want16 = precision == "fp16" or (precision is None and cuda)
+        role = "onnx-fp16" if want16 and "onnx-fp16" in arts else "onnx"
+        if precision == "fp16" and role != "onnx-fp16":
+            raise AutotimmError(f"{d}: no FP16 ONNX in this export (export with --fp16)")
+        onnx_path = d / arts[role]["file"]
+        return load(onnx_path, "onnxruntime", providers=providers)._with(
+            str(onnx_path), why + f"ONNX Runtime on the {'FP16' if role == 'onnx-fp16' else 'FP32'} ONNX")
+    suffix = path.suffix.lower()
+    if suffix in (".engine", ".plan"):
+        if backend not in ("auto", "tensorrt"):
+            raise AutotimmError(f"{path} is an engine: use backend tensorrt (or auto)")
+        be = EngineBackend(path, cuda_graphs=cuda_graphs)
+        return Predictor(be, _engine_info(be.sidecar), str(path), "engine")
+    if suffix == ".onnx":
+        if backend not in ("auto", "onnxruntime"):
+            raise AutotimmError(f"{path} is an ONNX file: use backend onnxruntime (or auto)")
+        be = OnnxRuntimeBackend(path, providers)
+        return Predictor(be, _onnx_info(path), str(path), "ONNX Runtime")
+    if suffix in (".pt", ".pth", ".safetensors"):
+        if backend not in ("auto", "pytorch"):
+            raise AutotimmError(f"{path} is a model file: use backend pytorch (or auto)")
+        be = TorchBackend(path)
+        return Predictor(be, _model_file_info(be), str(path), "PyTorch reference")
+    raise AutotimmError(f"{path}: unknown artifact type {suffix!r}; expected an export directory, manifest.json, "
+                        ".engine, .onnx, .pt or .safetensors")
+
+
+def _providers() -> List[str]:
+    from .backends import onnxruntime_providers
+
+    return onnxruntime_providers()
+
