@@ -266,23 +266,27 @@ def _run_all_tensors(model: onnx.ModelProto, feed: Dict[str, np.ndarray], names:
 
 
 def _abs_max_all(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], names: Sequence[str]) -> List[Dict[str, float]]:
-    """max |x| of each named float tensor, per feed, computed in-graph (Abs + ReduceMax per tensor) so
-    that only scalars leave ONNX Runtime."""
+    """max |x| of each named float tensor, per feed, computed in-graph (ReduceMax and ReduceMin per
+    tensor, no copies) so that only scalars leave ONNX Runtime."""
     import onnxruntime as ort
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     outs = []
     for k, n in enumerate(names):
-        a, r = f"absmax/{k}/abs", f"absmax/{k}"
-        m.graph.node.extend([onnx.helper.make_node("Abs", [n], [a], name=a),
-                             onnx.helper.make_node("ReduceMax", [a], [r], name=r, keepdims=0)])
-        m.graph.output.append(onnx.helper.make_tensor_value_info(r, onnx.TensorProto.FLOAT, []))
-        outs.append(r)
+        for op in ("ReduceMax", "ReduceMin"):
+            r = f"absmax/{k}/{op}"
+            m.graph.node.append(onnx.helper.make_node(op, [n], [r], name=r, keepdims=0))
+            m.graph.output.append(onnx.helper.make_tensor_value_info(r, onnx.TensorProto.FLOAT, []))
+            outs.append(r)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return [dict(zip(names, (float(v) for v in sess.run(outs, feed)))) for feed in feeds]
+    result = []
+    for feed in feeds:
+        v = sess.run(outs, feed)
+        result.append({n: max(abs(float(v[2 * k])), abs(float(v[2 * k + 1]))) for k, n in enumerate(names)})
+    return result
 
 
 def find_overflows(model: onnx.ModelProto, probes: Sequence[Tuple[str, Dict[str, np.ndarray]]],

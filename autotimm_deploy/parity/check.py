@@ -198,6 +198,7 @@ def run_parity(
     detection_kwargs: Optional[Dict] = None,
     providers: Sequence[str] = ("CPUExecutionProvider",),
     runner=None,
+    reference_cache: Optional[dict] = None,
 ) -> ParityReport:
     """Compare PyTorch with ONNX Runtime on ``feeds`` ((label, feed_dict) pairs) via Polygraphy.
 
@@ -205,6 +206,7 @@ def run_parity(
     ``polygraphy run model.onnx --onnxrt --load-inputs inputs.json --load-outputs pytorch_outputs.json``
     reproduces the tensor-level check.  ``runner`` replaces the ONNX Runtime runner (e.g. an
     :class:`autotimm_deploy.engines.runner.EngineRunner` for an engine at ``onnx_path``).
+    ``reference_cache`` (a dict shared between calls) runs PyTorch once per input across artifacts.
     """
     import onnxruntime as ort
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -216,7 +218,7 @@ def run_parity(
     G_LOGGER.module_severity = G_LOGGER.ERROR
     start = time.time()
     onnx_path = str(onnx_path)
-    torch_runner = TorchRunner(model, decode_mode, topk, name="pytorch")
+    torch_runner = TorchRunner(model, decode_mode, topk, name="pytorch", cache=reference_cache)
     ort_runner = runner or OnnxrtRunner(SessionFromOnnx(onnx_path, providers=list(providers)), name="onnxruntime")
     data = [f for _, f in feeds]
     try:

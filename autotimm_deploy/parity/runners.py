@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import OrderedDict
 from typing import Dict, Optional
@@ -55,11 +56,12 @@ class TorchRunner(BaseRunner):
     """
 
     def __init__(self, model: torch.nn.Module, decode_mode: str = "raw", topk: Optional[int] = None,
-                 name: Optional[str] = None) -> None:
+                 name: Optional[str] = None, cache: Optional[dict] = None) -> None:
         super().__init__(name=name, prefix="pytorch-runner")
         self.model = model.eval()
         self.decode_mode = decode_mode
         self.topk = topk
+        self.cache = cache  # shared between parity runs of several artifacts: the reference runs once per input
 
     def activate_impl(self):
         pass
@@ -71,8 +73,16 @@ class TorchRunner(BaseRunner):
         return TensorMetadata().add("images", dtype=np.float32, shape=(-1, 3, -1, -1))
 
     def infer_impl(self, feed_dict: Dict[str, np.ndarray]):
-        images = torch.from_numpy(np.ascontiguousarray(feed_dict["images"], dtype=np.float32))
+        arr = np.ascontiguousarray(feed_dict["images"], dtype=np.float32)
+        key = None
+        if self.cache is not None:
+            key = (id(self.model), self.decode_mode, self.topk, arr.shape, hashlib.sha1(arr.tobytes()).hexdigest())
+            if key in self.cache:
+                self.inference_time = 0.0
+                return OrderedDict((k, v.copy()) for k, v in self.cache[key].items())
         start = time.perf_counter()
-        out = reference_outputs(self.model, images, self.decode_mode, self.topk)
+        out = reference_outputs(self.model, torch.from_numpy(arr), self.decode_mode, self.topk)
         self.inference_time = time.perf_counter() - start
+        if key is not None:
+            self.cache[key] = OrderedDict((k, v.copy()) for k, v in out.items())
         return out
