@@ -75,14 +75,10 @@ def _body(args: argparse.Namespace) -> int:
         try:
             image = load_image(path)
             result = predictor.predict(image, args.score_thr, args.iou_thr, args.max_det, args.class_agnostic)[0]
-        except AutotimmError as exc:
+        except Exception as exc:  # one failing image (or a backend failing on it) must not stop the others
             failed += 1
-            print(f"autotimm-infer: error: {exc}", file=sys.stderr)
-            records.append({"image": str(path), "error": str(exc)})
-            continue
-        except Exception as exc:  # a backend failing on one input must not stop the others
-            failed += 1
-            msg = f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            msg = str(exc) if isinstance(exc, AutotimmError) else \
+                f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             print(f"autotimm-infer: error: {msg}", file=sys.stderr)
             records.append({"image": str(path), "error": msg})
             continue

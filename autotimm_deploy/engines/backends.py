@@ -116,10 +116,6 @@ class TorchBackend(Backend):
         return TorchBackend(self.path, self.decode_mode)
 
 
-_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int32": np.int32, "bool": np.bool_,
-       "int8": np.int8, "uint8": np.uint8}
-
-
 class EngineBackend(Backend):
     """A TensorRT or TensorRT-RTX engine on the current CUDA GPU.
 
@@ -144,8 +140,8 @@ class EngineBackend(Backend):
         self.stream = torch.cuda.Stream()
         io = self.sidecar["io"]
         self.input_name = io["inputs"][0]["name"]
-        self.input_dtype = np.dtype(_NP[io["inputs"][0]["dtype"]])
-        self._dtypes = {t["name"]: _NP[t["dtype"]] for t in io["inputs"] + io["outputs"]}
+        self.input_dtype = np.dtype(io["inputs"][0]["dtype"])  # sidecar dtypes are numpy names
+        self._dtypes = {t["name"]: np.dtype(t["dtype"]) for t in io["inputs"] + io["outputs"]}
         self._outputs = [t["name"] for t in io["outputs"]]
         self._shape = None
         self._graphs: Dict[tuple, object] = {}

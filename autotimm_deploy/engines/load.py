@@ -34,7 +34,7 @@ from ..errors import EngineCorrupt, EngineIncompatible
 from .library import ENGINE_MAGIC, TrtLibrary, gpu_info, import_library
 from .sidecar import read_sidecar
 
-__all__ = ["check_engine", "engine_runnable", "load_engine", "engine_summary"]
+__all__ = ["check_engine", "engine_runnable", "load_engine"]
 
 
 def _describe_foreign(head: bytes) -> str:
@@ -132,10 +132,3 @@ def load_engine(path: str | Path, allow_host_code: bool = False) -> Tuple[TrtLib
         raise EngineCorrupt(f"{path}: {lib.name} could not deserialise it: {'; '.join(logger.errors[-3:]) or 'no message'}")
     return lib, engine, sidecar
 
-
-def engine_summary(sidecar: Dict) -> str:
-    """One line: library, version, precision and targets of an engine."""
-    lib = sidecar["library"]
-    t = sidecar.get("targets", {})
-    where = ", ".join(t["compute_capabilities"]) if "compute_capabilities" in t else t.get("gpu", {}).get("name", "?")
-    return f"{lib['name']} {lib['version']} {sidecar['precision']} engine for {where}"

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import AutotimmError, EngineIncompatible
-from .backends import Backend, EngineBackend, OnnxRuntimeBackend, TorchBackend
+from .backends import Backend, EngineBackend, OnnxRuntimeBackend, TorchBackend, onnxruntime_providers
 
 __all__ = ["ArtifactInfo", "Detections", "Classification", "Predictor", "load", "load_image", "Letterbox"]
 
@@ -285,7 +285,7 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
         if backend == "pytorch":
             src = Path(manifest["source"]["path"])
             return load(src, "pytorch")._with(str(src), "the export's source model file")
-        cuda = "CUDAExecutionProvider" in (providers or _providers())
+        cuda = "CUDAExecutionProvider" in (providers or onnxruntime_providers())
         want16 = precision == "fp16" or (precision is None and cuda)
         role = "onnx-fp16" if want16 and "onnx-fp16" in arts else "onnx"
         if precision == "fp16" and role != "onnx-fp16":
@@ -311,10 +311,3 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
         return Predictor(be, _model_file_info(be), str(path), "PyTorch reference")
     raise AutotimmError(f"{path}: unknown artifact type {suffix!r}; expected an export directory, manifest.json, "
                         ".engine, .onnx, .pt or .safetensors")
-
-
-def _providers() -> List[str]:
-    from .backends import onnxruntime_providers
-
-    return onnxruntime_providers()
-

@@ -38,7 +38,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ExportError
-from .onnx_export import reinfer_shapes
+from .onnx_export import reinfer_shapes, set_metadata
 
 __all__ = ["Fp32Islands", "DEFAULT_ISLANDS", "Fp16Plan", "Overflow", "convert_to_fp16", "find_overflows",
            "convert_to_fp16_guarded", "FP16_MAX", "probe_inputs"]
@@ -223,8 +223,6 @@ def convert_to_fp16(
     del out_model.graph.value_info[:]
     out_model = reinfer_shapes(out_model)
     onnx.checker.check_model(out_model, full_check=True)
-    from .onnx_export import set_metadata
-
     set_metadata(out_model, {"precision": "fp16", "fp32_islands": ",".join(plan.fp32_nodes)[:4000]})
     return out_model, plan
 

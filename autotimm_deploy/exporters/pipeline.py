@@ -228,10 +228,10 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     fp16_path, plan = None, None
     if options.fp16:
         t = time.time()
-        fp16_path, plan = _fp16_step(step, fused, loaded, size, options, out_dir)
+        fp16_path, plan, fp16_io = _fp16_step(step, fused, loaded, size, options, out_dir)
         steps["fp16"] = time.time() - t
         artifacts.append({"role": "onnx-fp16", "file": fp16_path.name, "precision": "fp16", "decode": decode,
-                          **_io_info(onnx.load(str(fp16_path))), "sha256": sha256_file(fp16_path),
+                          **fp16_io, "sha256": sha256_file(fp16_path),
                           "fp16_plan": {"fp16_nodes": plan.fp16_nodes, "fp32_nodes": len(plan.fp32_nodes),
                                         "casts": plan.casts, "overflow_kept_fp32": [str(o) for o in plan.overflow]}})
     parity: Optional[Dict] = None
@@ -318,7 +318,7 @@ def _fp16_step(step, fused: onnx.ModelProto, loaded: LoadedModel, size: Tuple[in
         step.say(f"      kept in FP32 to avoid FP16 overflow: {o}")
     path = out_dir / "model.fp16.onnx"
     atomic_write_bytes(path, m16.SerializeToString())
-    return path, plan
+    return path, plan, _io_info(m16)
 
 
 def _engine_step(step, say, options: ExportOptions, library, onnx_path: Path, fp16_path: Optional[Path], plan, profile,
