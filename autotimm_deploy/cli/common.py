@@ -24,7 +24,10 @@ def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def run_main(body: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser,
              argv: Optional[List[str]] = None) -> int:
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage errors (exit 2) and --help (exit 0): main() returns the code
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return body(args)
     except AutotimmError as exc:

@@ -27,6 +27,7 @@ __all__ = [
     "render_classification_sample",
     "detection_split",
     "write_detection_split",
+    "write_classification_split",
 ]
 
 CLASSES = ("rectangle", "ellipse", "triangle", "cross")
@@ -154,4 +155,20 @@ def write_detection_split(out_dir: str | os.PathLike, split: str, count: int, si
                 }
             )
     (out / "annotations.json").write_text(json.dumps(coco))
+    return out
+
+
+def write_classification_split(out_dir: str | os.PathLike, split: str, count: int, size: int = 64) -> Path:
+    """Write ``count`` PNG images and ``annotations.csv`` (``file,label`` with class names) into ``out_dir``."""
+    if split not in SPLIT_SEEDS:
+        raise ValueError(f"split must be one of {sorted(SPLIT_SEEDS)}, got {split!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ["file,label"]
+    for k in range(count):
+        img, label = render_classification_sample(SPLIT_SEEDS[split] + k, size=size)
+        name = f"{split}_{k:05d}.png"
+        Image.fromarray(img).save(out / name)
+        rows.append(f"{name},{CLASSES[label]}")
+    (out / "annotations.csv").write_text("\n".join(rows) + "\n")
     return out

@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import AutotimmError, EngineIncompatible
 from .backends import Backend, EngineBackend, OnnxRuntimeBackend, TorchBackend, onnxruntime_providers
 
-__all__ = ["ArtifactInfo", "Detections", "Classification", "Predictor", "load", "load_image", "Letterbox"]
+__all__ = ["ArtifactInfo", "Detections", "Classification", "Predictor", "load", "load_image", "Letterbox",
+           "letterbox_images"]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
 
@@ -135,6 +136,35 @@ def load_image(image: ImageLike) -> np.ndarray:
     return arr[..., :3]
 
 
+def letterbox_images(images: Sequence[np.ndarray], size: Tuple[int, int], mean: Sequence[float],
+                     std: Sequence[float]) -> Tuple[np.ndarray, List[Letterbox]]:
+    """Letterbox uint8 HxWx3 images into ``size`` (aspect kept, top-left, padded with the mean colour) and
+    normalise: float32 (B, 3, H, W) and where each image went.
+
+    >>> batch, boxes = letterbox_images([np.zeros((50, 100, 3), np.uint8)], (64, 64), (0.5,) * 3, (0.25,) * 3)
+    >>> batch.shape, boxes[0].scale, float(batch[0, 0, 0, 0]), float(batch[0, 0, 63, 0])
+    ((1, 3, 64, 64), 0.64, -2.0, 0.0)
+    """
+    from PIL import Image
+
+    th, tw = size
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    batch = np.empty((len(images), 3, th, tw), np.float32)
+    boxes = []
+    for k, img in enumerate(images):
+        h, w = img.shape[:2]
+        scale = min(th / h, tw / w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        resized = img if (nh, nw) == (h, w) else np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+        canvas = np.empty((th, tw, 3), np.float32)
+        canvas[...] = mean  # padding normalises to 0
+        canvas[:nh, :nw] = resized.astype(np.float32) / 255.0
+        batch[k] = ((canvas - mean) / std).transpose(2, 0, 1)
+        boxes.append(Letterbox(scale, w, h))
+    return batch, boxes
+
+
 class Predictor:
     """A backend plus the pre/post-processing its metadata describes."""
 
@@ -156,23 +186,7 @@ class Predictor:
 
     def preprocess(self, images: Sequence[np.ndarray], size: Tuple[int, int]) -> Tuple[np.ndarray, List[Letterbox]]:
         """Letterbox each image into ``size`` and normalise: (B, 3, H, W) in the backend's input dtype."""
-        from PIL import Image
-
-        th, tw = size
-        mean = np.asarray(self.info.mean, np.float32)
-        std = np.asarray(self.info.std, np.float32)
-        batch = np.empty((len(images), 3, th, tw), np.float32)
-        boxes = []
-        for k, img in enumerate(images):
-            h, w = img.shape[:2]
-            scale = min(th / h, tw / w)
-            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-            resized = img if (nh, nw) == (h, w) else np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-            canvas = np.empty((th, tw, 3), np.float32)
-            canvas[...] = mean  # padding normalises to 0
-            canvas[:nh, :nw] = resized.astype(np.float32) / 255.0
-            batch[k] = ((canvas - mean) / std).transpose(2, 0, 1)
-            boxes.append(Letterbox(scale, w, h))
+        batch, boxes = letterbox_images(images, size, self.info.mean, self.info.std)
         return batch.astype(self.backend.input_dtype, copy=False), boxes
 
     def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thresh: float = 0.05,

@@ -69,6 +69,19 @@ class OutputStats:
     atol: float
     rtol: float
     passed: bool
+    nonfinite: int = 0  # inf/NaN elements in the artifact's output where the reference is finite
+    shape_mismatch: str = ""  # "artifact (1, 4) vs reference (1, 5)" when the shapes differ
+
+    def message(self) -> str:
+        """Why this output failed, in one phrase (empty when it passed)."""
+        if self.passed:
+            return ""
+        if self.shape_mismatch:
+            return f"{self.name}: shape {self.shape_mismatch}"
+        if self.nonfinite:
+            return f"{self.name}: {self.nonfinite} non-finite value(s) (inf/NaN) where PyTorch is finite"
+        return (f"{self.name}: max abs err {self.max_abs:.3g} > atol {self.atol:g} and rel err > rtol {self.rtol:g} "
+                f"on {self.out_of_tolerance:.2%} of elements")
 
 
 @dataclass
@@ -82,6 +95,7 @@ class DetectionAgreement:
     score_thr: float
     iou_thr: float
     min_match: float
+    unmatched_best_iou: float = float("nan")  # median IoU of unmatched references with their best same-class box
 
     @property
     def matched_fraction(self) -> float:
@@ -154,6 +168,7 @@ def match_detections(ref: Sequence[Dict[str, np.ndarray]], cand: Sequence[Dict[s
     """Greedy one-to-one matching of reference detections to candidate detections per image."""
     n_ref = n_cand = matched = 0
     max_diff = 0.0
+    best_unmatched: List[float] = []
     for r, c in zip(ref, cand):
         rk, ck = r["scores"] >= score_thr, c["scores"] >= score_thr
         rb, rs, rl = r["boxes"][rk], r["scores"][rk], r["labels"][rk]
@@ -161,7 +176,10 @@ def match_detections(ref: Sequence[Dict[str, np.ndarray]], cand: Sequence[Dict[s
         cb, cs, cl = c["boxes"], c["scores"], c["labels"]
         n_ref += len(rb)
         n_cand += int(ck.sum())
-        if len(rb) == 0 or len(cb) == 0:
+        if len(rb) == 0:
+            continue
+        if len(cb) == 0:
+            best_unmatched += [0.0] * len(rb)
             continue
         iou = _box_iou(rb, cb)
         iou[rl[:, None] != cl[None, :]] = 0.0
@@ -173,18 +191,27 @@ def match_detections(ref: Sequence[Dict[str, np.ndarray]], cand: Sequence[Dict[s
                 used[j] = True
                 matched += 1
                 max_diff = max(max_diff, abs(float(rs[i]) - float(cs[j])))
-    return DetectionAgreement(n_ref, n_cand, matched, max_diff, score_thr, iou_thr, min_match)
+            else:
+                best_unmatched.append(float(iou[i].max()))
+    return DetectionAgreement(n_ref, n_cand, matched, max_diff, score_thr, iou_thr, min_match,
+                              float(np.median(best_unmatched)) if best_unmatched else float("nan"))
 
 
 def _stats(name: str, ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> OutputStats:
     if ref.shape != out.shape:
-        return OutputStats(name, float("inf"), float("inf"), 1.0, atol, rtol, False)
+        return OutputStats(name, float("inf"), float("inf"), 1.0, atol, rtol, False,
+                           shape_mismatch=f"artifact {tuple(out.shape)} vs PyTorch {tuple(ref.shape)}")
     ref64, out64 = ref.astype(np.float64), out.astype(np.float64)
-    absdiff = np.abs(ref64 - out64)
-    reldiff = absdiff / np.maximum(np.abs(ref64), 1e-12)
-    bad = (absdiff > atol) & (reldiff > rtol) | ~np.isfinite(out64)
-    return OutputStats(name, float(absdiff.max(initial=0.0)), float(reldiff.max(initial=0.0)),
-                       float(bad.mean()) if bad.size else 0.0, atol, rtol, not bad.any())
+    nonfinite = ~np.isfinite(out64) & np.isfinite(ref64)
+    with np.errstate(invalid="ignore"):
+        absdiff = np.abs(ref64 - out64)
+        reldiff = absdiff / np.maximum(np.abs(ref64), 1e-12)
+    bad = (absdiff > atol) & (reldiff > rtol) | nonfinite | (np.isnan(ref64) != np.isnan(out64))
+    finite = ~nonfinite & np.isfinite(absdiff)
+    max_abs = float(absdiff[finite].max(initial=0.0)) if not nonfinite.any() else float("inf")
+    max_rel = float(reldiff[finite].max(initial=0.0)) if not nonfinite.any() else float("inf")
+    return OutputStats(name, max_abs, max_rel, float(bad.mean()) if bad.size else 0.0, atol, rtol, not bad.any(),
+                       nonfinite=int(nonfinite.sum()))
 
 
 def run_parity(
@@ -240,7 +267,8 @@ def run_parity(
         a, r = tolerances.for_output(n)
         per = [_stats(n, np.asarray(ri[n]), np.asarray(oi[n]), a, r) for ri, oi in zip(ref_iters, out_iters)]
         outputs.append(OutputStats(n, max(p.max_abs for p in per), max(p.max_rel for p in per),
-                                   float(np.mean([p.out_of_tolerance for p in per])), a, r, all(p.passed for p in per)))
+                                   float(np.mean([p.out_of_tolerance for p in per])), a, r, all(p.passed for p in per),
+                                   sum(p.nonfinite for p in per), next((p.shape_mismatch for p in per if p.shape_mismatch), "")))
     det = None
     strides = getattr(model, "strides", None)
     if strides is not None:
@@ -258,8 +286,11 @@ def run_parity(
         only_torch.append(results[0])
         atomic_write_text(save_dir / "pytorch_outputs.json", only_torch.to_json())
     passed = poly_passed and all(o.passed for o in outputs) and (det is None or det.passed)
-    return ParityReport(Path(onnx_path).name, decode_mode, passed, outputs, det, [l for l, _ in feeds],
-                        poly_passed, round(time.time() - start, 2), ties)
+    report = ParityReport(Path(onnx_path).name, decode_mode, passed, outputs, det, [l for l, _ in feeds],
+                          poly_passed, round(time.time() - start, 2), ties)
+    # not a dataclass field (not serialised): the outputs, for task-level metrics on the same run
+    report.results = ([dict(r) for r in ref_iters], [dict(o) for o in out_iters])
+    return report
 
 
 def align_topk(ref: Dict[str, np.ndarray], out: Dict[str, np.ndarray], score_atol: float) -> int:

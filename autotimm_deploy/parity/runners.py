@@ -15,7 +15,7 @@ from polygraphy.common import TensorMetadata
 from ..exporters.onnx_export import detector_output_names
 from ..models.decode import BBOX_LOG_CLAMP, decode
 
-__all__ = ["TorchRunner", "reference_outputs"]
+__all__ = ["TorchRunner", "BackendRunner", "reference_outputs"]
 
 
 def reference_outputs(model: torch.nn.Module, images: torch.Tensor, decode_mode: str = "raw",
@@ -86,3 +86,30 @@ class TorchRunner(BaseRunner):
         if key is not None:
             self.cache[key] = OrderedDict((k, v.copy()) for k, v in out.items())
         return out
+
+
+class BackendRunner(BaseRunner):
+    """A Polygraphy runner over an autotimm-deploy :class:`~autotimm_deploy.engines.backends.Backend`
+    (ONNX Runtime, engine): float32 feeds are cast to the artifact's input dtype (an FP16-input ONNX
+    gets float16), so one data loader serves PyTorch and every artifact."""
+
+    def __init__(self, make_backend, name: Optional[str] = None) -> None:
+        super().__init__(name=name, prefix="backend-runner")
+        self.make_backend = make_backend
+
+    def activate_impl(self):
+        self.backend = self.make_backend()
+
+    def deactivate_impl(self):
+        self.backend.close()
+        del self.backend
+
+    def get_input_metadata_impl(self):
+        return TensorMetadata().add(self.backend.input_name, dtype=np.dtype(self.backend.input_dtype), shape=(-1, 3, -1, -1))
+
+    def infer_impl(self, feed_dict: Dict[str, np.ndarray]):
+        feed = {k: np.ascontiguousarray(v, dtype=self.backend.input_dtype) for k, v in feed_dict.items()}
+        start = time.perf_counter()
+        out = self.backend.infer(feed)
+        self.inference_time = time.perf_counter() - start
+        return OrderedDict((k, np.asarray(v)) for k, v in out.items())

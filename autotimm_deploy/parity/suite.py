@@ -1,0 +1,597 @@
+"""``autotimm-parity`` as a Python API: artifacts vs the PyTorch model file, at three levels.
+
+Each artifact (FP32/FP16 ONNX, an engine where this machine can run it) gets one verdict per level:
+
+- **tensor**: every output against PyTorch through Polygraphy's comparator, with per-output
+  tolerances for the artifact's precision (:data:`FP32_TOLERANCES` / :data:`FP16_TOLERANCES`), and
+  inf/NaN in the artifact's outputs always a failure;
+- **detection** (detectors): reference detections (score >= 0.3) matched one-to-one by class and
+  IoU >= 0.9, with a bound on the score difference of matched pairs;
+- **task**: on an annotated folder, the artifact's mAP@0.5 and mAP@0.5:0.95 (pycocotools'
+  COCOeval) or top-1 accuracy must be at least PyTorch's minus a tolerance in points; classifiers
+  also need top-1 agreement with PyTorch on every image folder.
+
+A level that cannot run here (an engine without a GPU, a task metric without annotations) is
+*skipped* with the reason; a skipped level never passes silently: it is reported as skipped in
+every output, and ``strict=True`` turns it into a failure.
+
+>>> from autotimm_deploy.demo import demo_model_path
+>>> from autotimm_deploy.demo.shapes import write_detection_split
+>>> from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
+>>> import tempfile
+>>> out = tempfile.mkdtemp()
+>>> _ = export_model(demo_model_path("detector"), out, ExportOptions(engine="none", check=False), progress=None)
+>>> data = write_detection_split(tempfile.mkdtemp(), "test", 8)  # 8 images + COCO annotations.json
+>>> result = check_artifacts(demo_model_path("detector"), [f"{out}/model.onnx"], data=data, progress=None)
+>>> [(lv.level, lv.status) for lv in result.artifacts[0].levels], result.exit_code
+([('tensor', 'pass'), ('detection', 'pass'), ('task', 'pass')], 0)
+>>> result.artifacts[0].metrics == result.artifacts[0].reference_metrics  # FP32: PyTorch's mAP exactly
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ..errors import AutotimmError, ParityError
+from .check import FP16_TOLERANCES, FP32_TOLERANCES, Tolerances
+
+__all__ = ["DetectionRule", "TaskRule", "Thresholds", "DEFAULT_THRESHOLDS", "load_thresholds", "Artifact",
+           "resolve_artifacts", "LevelResult", "ArtifactResult", "SuiteResult", "check_artifacts", "LEVELS"]
+
+LEVELS = ("tensor", "detection", "task")
+Progress = Optional[Callable[[str], None]]
+
+
+@dataclass
+class DetectionRule:
+    """Detection-level rule: references with score >= ``score_thresh`` matched by class and IoU >= ``iou``;
+    pass when >= ``min_match`` of them match and no matched pair differs in score by more than ``max_score_diff``."""
+
+    score_thresh: float = 0.3
+    iou: float = 0.9
+    min_match: float = 0.99
+    max_score_diff: float = 1e-3
+
+
+@dataclass
+class TaskRule:
+    """Task-level rule, in points (1 point = 0.01 mAP or 1 % accuracy): pass when the artifact's metric
+    >= PyTorch's - tolerance; classifiers also need top-1 agreement >= ``min_agreement``."""
+
+    map_points: float = 0.1
+    top1_points: float = 0.1
+    min_agreement: float = 0.999
+    score_thresh: float = 0.05  # detections kept for mAP (COCO practice: low threshold, NMS, top 100)
+    nms_iou: float = 0.6
+    max_detections: int = 100
+
+
+@dataclass
+class Thresholds:
+    tensor: Tolerances
+    detection: DetectionRule
+    task: TaskRule
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"tensor": asdict(self.tensor), "detection": asdict(self.detection), "task": asdict(self.task)}
+
+
+#: Defaults per precision.  FP32: exports reproduce PyTorch to ~1e-5, so any task-level change beyond
+#: score ties is a bug (0.1 point, 99.9 % agreement).  FP16: the issue's 0.2 mAP point; top-1 may flip
+#: only where the two best logits are within the FP16 logit error (<= 5e-2): 0.5 point, 99 % agreement.
+DEFAULT_THRESHOLDS: Dict[str, Thresholds] = {
+    "fp32": Thresholds(FP32_TOLERANCES, DetectionRule(max_score_diff=1e-3), TaskRule(0.1, 0.1, 0.999)),
+    "fp16": Thresholds(FP16_TOLERANCES, DetectionRule(max_score_diff=2e-2), TaskRule(0.2, 0.5, 0.99)),
+}
+
+
+def _merge(obj, updates: Dict[str, Any], where: str):
+    names = {f for f in obj.__dataclass_fields__}
+    for k, v in updates.items():
+        if k not in names:
+            raise ParityError(f"{where}: unknown key {k!r}; allowed: {', '.join(sorted(names))}")
+        cur = getattr(obj, k)
+        if isinstance(cur, dict):
+            if not isinstance(v, dict) or not all(isinstance(x, (int, float)) for x in v.values()):
+                raise ParityError(f"{where}.{k}: expected an object of output name -> number, got {v!r}")
+            cur.update({name: float(x) for name, x in v.items()})
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ParityError(f"{where}.{k}: expected a non-negative number, got {v!r}")
+        else:
+            setattr(obj, k, type(cur)(v))
+
+
+def load_thresholds(path: Optional[str | Path] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Thresholds]:
+    """The default thresholds, updated from a JSON file and/or a dict of the same shape::
+
+        {"fp16": {"tensor": {"atol": {"boxes": 2.0}}, "detection": {"min_match": 0.98},
+                  "task": {"map_points": 0.5}},
+         "fp32": {...}}
+
+    Keys not given keep their defaults; an unknown key is an error naming it.
+    """
+    out = {k: copy.deepcopy(v) for k, v in DEFAULT_THRESHOLDS.items()}
+    layers = []
+    if path is not None:
+        p = Path(path)
+        try:
+            layers.append((str(p), json.loads(p.read_text())))
+        except FileNotFoundError:
+            raise ParityError(f"{p}: tolerances file not found") from None
+        except json.JSONDecodeError as exc:
+            raise ParityError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if overrides:
+        layers.append(("overrides", overrides))
+    for where, data in layers:
+        if not isinstance(data, dict):
+            raise ParityError(f"{where}: expected an object with keys fp32/fp16")
+        for prec, levels in data.items():
+            if prec not in out:
+                raise ParityError(f"{where}: unknown precision {prec!r}; allowed: {', '.join(out)}")
+            if not isinstance(levels, dict):
+                raise ParityError(f"{where}.{prec}: expected an object with keys tensor/detection/task")
+            for level, values in levels.items():
+                if level not in ("tensor", "detection", "task"):
+                    raise ParityError(f"{where}.{prec}: unknown level {level!r}; allowed: tensor, detection, task")
+                if not isinstance(values, dict):
+                    raise ParityError(f"{where}.{prec}.{level}: expected an object")
+                _merge(getattr(out[prec], level), values, f"{where}.{prec}.{level}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# artifacts
+
+
+@dataclass
+class Artifact:
+    """One file to check, with what its metadata says."""
+
+    path: Path
+    kind: str  # onnx | engine
+    precision: str  # fp32 | fp16
+    info: Any  # engines.predictor.ArtifactInfo
+    topk: Optional[int]
+    source_sha256: Optional[str]
+    runnable: bool = True
+    why: str = ""  # why not runnable
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind.upper() if self.kind == 'onnx' else 'engine'} {self.precision.upper()}"
+
+    def runner(self, providers: Sequence[str]):
+        from .runners import BackendRunner
+
+        if self.kind == "engine":
+            from ..engines.runner import EngineRunner
+
+            return EngineRunner(self.path, name=self.path.name)
+        from ..engines.backends import OnnxRuntimeBackend
+
+        return BackendRunner(lambda: OnnxRuntimeBackend(self.path, providers), name=self.path.name)
+
+
+def _topk(meta: Dict[str, str]) -> Optional[int]:
+    v = meta.get("topk", "none")
+    return None if v in ("none", "", None) else int(v)
+
+
+def _onnx_artifact(path: Path) -> Artifact:
+    import onnx
+
+    from ..engines.predictor import ArtifactInfo
+
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ParityError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    meta = {p.key: p.value for p in m.metadata_props}
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    b = dims[0].dim_value
+    try:
+        info = ArtifactInfo.from_metadata(meta, batch=(b, b) if b else (1, 1 << 30))
+    except AutotimmError as exc:
+        raise ParityError(f"{path}: {exc}") from None
+    return Artifact(path, "onnx", meta.get("precision", "fp32"), info, _topk(meta), meta.get("source_sha256"))
+
+
+def _engine_artifact(path: Path) -> Artifact:
+    from ..engines.load import check_engine, engine_runnable
+    from ..engines.predictor import _engine_info
+
+    sidecar = check_engine(path)  # EngineCorrupt / EngineIncompatible: an input error, exit 2
+    ok, why = engine_runnable(sidecar)
+    meta = sidecar.get("model", {})
+    return Artifact(path, "engine", sidecar.get("precision", "fp32"), _engine_info(sidecar), _topk(meta),
+                    meta.get("source_sha256"), ok, "" if ok else why)
+
+
+def resolve_artifacts(paths: Sequence[str | Path]) -> List[Artifact]:
+    """``.onnx`` files, ``.engine`` files (with their sidecars) and export directories (their FP32/FP16
+    ONNX and engine, from ``manifest.json``)."""
+    out: List[Artifact] = []
+    for p in map(Path, paths):
+        if p.is_dir() or p.name == "manifest.json":
+            man = p / "manifest.json" if p.is_dir() else p
+            if not man.is_file():
+                raise ParityError(f"{p}: a directory without manifest.json; pass .onnx/.engine files or an "
+                                  "autotimm-export output directory")
+            try:
+                arts = json.loads(man.read_text())["artifacts"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ParityError(f"{man}: not an autotimm-export manifest ({exc})") from None
+            files = [man.parent / a["file"] for a in arts if a.get("role") in ("onnx", "onnx-fp16", "engine")]
+            out += resolve_artifacts(files)
+        elif not p.is_file():
+            raise ParityError(f"{p}: no such artifact file")
+        elif p.suffix == ".onnx":
+            out.append(_onnx_artifact(p))
+        elif p.suffix == ".engine":
+            out.append(_engine_artifact(p))
+        else:
+            raise ParityError(f"{p}: unknown artifact type {p.suffix!r}; expected .onnx, .engine or an export directory")
+    if not out:
+        raise ParityError("no artifacts to check")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class LevelResult:
+    level: str
+    status: str  # pass | fail | skipped
+    message: str
+    seconds: float = 0.0
+    details: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ArtifactResult:
+    path: str
+    kind: str
+    precision: str
+    decode: str
+    levels: List[LevelResult]
+    notes: List[str] = field(default_factory=list)
+    metrics: Dict[str, float] = field(default_factory=dict)  # task metrics of the artifact
+    reference_metrics: Dict[str, float] = field(default_factory=dict)  # PyTorch on the same inputs
+
+    @property
+    def status(self) -> str:
+        st = [lv.status for lv in self.levels]
+        return "fail" if "fail" in st else ("pass" if "pass" in st else "skipped")
+
+    def level(self, name: str) -> Optional[LevelResult]:
+        return next((lv for lv in self.levels if lv.level == name), None)
+
+
+@dataclass
+class SuiteResult:
+    model: Dict[str, Any]
+    inputs: Dict[str, Any]
+    artifacts: List[ArtifactResult]
+    thresholds: Dict[str, Any]
+    strict: bool
+    seconds: float
+    versions: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        bad = ("fail", "skipped") if self.strict else ("fail",)
+        return not any(lv.status in bad for a in self.artifacts for lv in a.levels)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def failures(self) -> List[Tuple[ArtifactResult, LevelResult]]:
+        bad = ("fail", "skipped") if self.strict else ("fail",)
+        return [(a, lv) for a in self.artifacts for lv in a.levels if lv.status in bad]
+
+
+# --------------------------------------------------------------------------------------------------
+# inputs
+
+
+@dataclass
+class _Feeds:
+    feeds: List[Tuple[str, Dict[str, np.ndarray]]]
+    valid: List[int]  # real (not padding) rows of each feed
+    letterboxes: List[list]  # per feed, per valid row (data mode)
+    samples: List[List[int]]  # per feed, dataset indices (data mode)
+
+
+def _batch_size(want: int, info) -> int:
+    lo, hi = info.batch
+    return max(lo, min(want, hi))
+
+
+def _data_feeds(images: List[np.ndarray], info, size: Tuple[int, int], batch: int) -> _Feeds:
+    from ..engines.predictor import letterbox_images
+
+    b = _batch_size(batch, info)
+    f = _Feeds([], [], [], [])
+    for start in range(0, len(images), b):
+        idx = list(range(start, min(start + b, len(images))))
+        arr, boxes = letterbox_images([images[i] for i in idx], size, info.mean, info.std)
+        n = len(idx)
+        if n < info.batch[0]:
+            arr = np.concatenate([arr] + [arr[-1:]] * (info.batch[0] - n))
+        f.feeds.append((f"images {idx[0]}-{idx[-1]} ({arr.shape[0]}x3x{size[0]}x{size[1]})", {"images": arr}))
+        f.valid.append(n)
+        f.letterboxes.append(boxes)
+        f.samples.append(idx)
+    return f
+
+
+def _random_feeds(n: int, info, size: Tuple[int, int], batch: int, seed: int) -> _Feeds:
+    rng = np.random.default_rng(seed)
+    b = _batch_size(batch, info)
+    f = _Feeds([], [], [], [])
+    shapes = [size]
+    if info.dynamic_hw and info.strides:  # a second shape, not only the traced one
+        s = max(info.strides)
+        second = (size[0] + s, size[1] + 2 * s)
+        lo, hi = info.hw_range or ((s, s), (1 << 30, 1 << 30))
+        if lo[0] <= second[0] <= hi[0] and lo[1] <= second[1] <= hi[1]:
+            shapes.append(second)
+    done = 0
+    k = 0
+    while done < n:
+        rows = min(b, n - done)
+        hw = shapes[k % len(shapes)]
+        arr = rng.standard_normal((max(rows, info.batch[0]), 3, *hw), dtype=np.float32)
+        f.feeds.append((f"random#{k} {arr.shape[0]}x3x{hw[0]}x{hw[1]} (seed {seed})", {"images": arr}))
+        f.valid.append(rows)
+        f.letterboxes.append([])
+        f.samples.append([])
+        done += rows
+        k += 1
+    return f
+
+
+# --------------------------------------------------------------------------------------------------
+# levels
+
+
+def _tensor_level(report, seconds: float) -> LevelResult:
+    outs = report.outputs
+    details = {"outputs": [asdict(o) for o in outs], "polygraphy_passed": report.polygraphy_passed,
+               "topk_boundary_ties": report.topk_boundary_ties}
+    bad = [o for o in outs if not o.passed]
+    if not bad and report.polygraphy_passed:
+        worst = max(outs, key=lambda o: o.max_abs / max(o.atol, 1e-30))
+        return LevelResult("tensor", "pass", f"{len(outs)} outputs within tolerance; closest to its limit: "
+                                             f"{worst.name} max abs err {worst.max_abs:.3g} (atol {worst.atol:g})",
+                           seconds, details)
+    bad.sort(key=lambda o: (-o.nonfinite, -bool(o.shape_mismatch), -o.out_of_tolerance))
+    msg = "; ".join(o.message() for o in bad[:4]) + (f"; and {len(bad) - 4} more outputs" if len(bad) > 4 else "")
+    return LevelResult("tensor", "fail", msg or "Polygraphy's comparator reported a mismatch", seconds, details)
+
+
+def _detection_level(report, rule: DetectionRule, tensor: LevelResult) -> LevelResult:
+    d = report.detections
+    details = {**asdict(d), "matched_fraction": d.matched_fraction, "rule": asdict(rule)}
+    if d.reference == 0:
+        return LevelResult("detection", "skipped", f"PyTorch made no detection with score >= {rule.score_thresh} "
+                                                   "on these inputs: nothing to match", 0.0, details)
+    frac = d.matched_fraction
+    ok = frac >= rule.min_match and d.max_score_diff <= rule.max_score_diff
+    text = (f"{d.matched}/{d.reference} PyTorch detections (score >= {rule.score_thresh}) matched by class and "
+            f"IoU >= {rule.iou} ({frac:.1%}, need {rule.min_match:.0%}); max score difference {d.max_score_diff:.3g} "
+            f"(limit {rule.max_score_diff:g})")
+    if ok:
+        return LevelResult("detection", "pass", text, 0.0, details)
+    hints = []
+    if d.matched < d.reference and np.isfinite(d.unmatched_best_iou):
+        hints.append(f"unmatched detections' best same-class IoU: median {d.unmatched_best_iou:.2f}")
+    failing = [o["name"] for o in tensor.details.get("outputs", []) if not o["passed"]]
+    if failing:
+        hints.append("outputs out of tolerance: " + ", ".join(failing))
+    return LevelResult("detection", "fail", text + (" — " + "; ".join(hints) if hints else ""), 0.0, details)
+
+
+def _finite(out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    return {k: (np.nan_to_num(np.asarray(v, np.float32), nan=0.0, posinf=1e4, neginf=-1e4)
+                if np.asarray(v).dtype.kind == "f" else np.asarray(v)) for k, v in out.items()}
+
+
+def _detections(results, feeds: _Feeds, art: Artifact, rule: TaskRule) -> List[Dict[str, np.ndarray]]:
+    from ..models.decode import postprocess_outputs
+
+    preds: List[Dict[str, np.ndarray]] = []
+    for res, (_, feed), n, boxes in zip(results, feeds.feeds, feeds.valid, feeds.letterboxes):
+        size = tuple(feed["images"].shape[-2:])
+        out = {k: v[:n] for k, v in _finite(res).items()}
+        for d, lb in zip(postprocess_outputs(out, art.info.decode, art.info.strides, size, rule.score_thresh,
+                                             rule.nms_iou, rule.max_detections), boxes):
+            preds.append({"boxes": lb.to_image(d["boxes"].astype(np.float32)), "scores": d["scores"],
+                          "labels": d["labels"]})
+    return preds
+
+
+def _task_level(report, feeds: _Feeds, art: Artifact, dataset, rule: TaskRule, num_classes: int,
+                result: ArtifactResult) -> LevelResult:
+    from ..metrics import coco_map
+
+    if dataset is None:
+        return LevelResult("task", "skipped", "task metrics need real images: pass --data DIR (an annotated folder "
+                                              "for mAP / accuracy)")
+    t = time.time()
+    ref_res, art_res = report.results
+    if art.info.task == "detection":
+        if not dataset.annotated:
+            return LevelResult("task", "skipped", f"{dataset.root} has no annotations (COCO JSON, per-image JSON or "
+                                                  "CSV): mAP cannot be computed")
+        gts = [{"boxes": s.boxes, "labels": s.labels} for s in dataset.samples]
+        try:
+            ref = coco_map(_detections(ref_res, feeds, art, rule), gts, num_classes)
+            got = coco_map(_detections(art_res, feeds, art, rule), gts, num_classes)
+        except ValueError as exc:
+            return LevelResult("task", "skipped", f"mAP cannot be computed: {exc}")
+        result.metrics, result.reference_metrics = got, ref
+        tol = rule.map_points / 100
+        ok = all(got[k] >= ref[k] - tol for k in ("map", "map50"))
+        msg = (f"mAP@0.5:0.95 {100 * got['map']:.2f} vs PyTorch {100 * ref['map']:.2f} "
+               f"(delta {100 * (got['map'] - ref['map']):+.2f}), mAP@0.5 {100 * got['map50']:.2f} vs "
+               f"{100 * ref['map50']:.2f} (delta {100 * (got['map50'] - ref['map50']):+.2f}); "
+               f"allowed drop {rule.map_points:g} points on {len(gts)} images")
+        details = {"artifact": got, "pytorch": ref, "allowed_drop_points": rule.map_points, "images": len(gts)}
+        if not ok:
+            failing = [o["name"] for o in report_outputs(report) if not o["passed"]]
+            if failing:
+                msg += f" — outputs out of tolerance: {', '.join(failing)}"
+        return LevelResult("task", "pass" if ok else "fail", msg, round(time.time() - t, 3), details)
+    # classification
+    take = lambda res: np.concatenate([np.asarray(r["logits"])[:n] for r, n in zip(res, feeds.valid)])
+    ref_l, art_l = take(ref_res), np.nan_to_num(take(art_res), nan=-np.inf)
+    ref_top, art_top = ref_l.argmax(1), art_l.argmax(1)
+    agree = float((ref_top == art_top).mean())
+    got, ref = {"top1_agreement": agree}, {}
+    ok = agree >= rule.min_agreement
+    msg = (f"top-1 agreement with PyTorch {agree:.2%} ({int((ref_top != art_top).sum())} of {len(ref_top)} images "
+           f"differ; need {rule.min_agreement:.1%})")
+    if dataset.annotated:
+        labels = np.array([s.label for s in dataset.samples])
+        got["top1"], ref["top1"] = float((art_top == labels).mean()), float((ref_top == labels).mean())
+        ok = ok and got["top1"] >= ref["top1"] - rule.top1_points / 100
+        msg += (f"; top-1 accuracy {100 * got['top1']:.2f} vs PyTorch {100 * ref['top1']:.2f} "
+                f"(delta {100 * (got['top1'] - ref['top1']):+.2f}, allowed drop {rule.top1_points:g} points)")
+    else:
+        msg += "; no labels in the folder: accuracy not computed"
+    result.metrics, result.reference_metrics = got, ref
+    return LevelResult("task", "pass" if ok else "fail", msg, round(time.time() - t, 3),
+                       {"artifact": got, "pytorch": ref, "rule": asdict(rule), "images": len(ref_top)})
+
+
+def report_outputs(report) -> List[Dict[str, Any]]:
+    return [asdict(o) for o in report.outputs]
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def _versions() -> Dict[str, str]:
+    import importlib.metadata as md
+
+    from .. import __version__
+
+    out = {"autotimm-deploy": __version__}
+    for pkg in ("torch", "timm", "onnx", "onnxruntime-gpu", "onnxruntime", "polygraphy", "tensorrt-rtx", "tensorrt"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def check_artifacts(
+    model_path: str | Path,
+    artifacts: Sequence[str | Path],
+    data: Optional[str | Path] = None,
+    random: Optional[int] = None,
+    annotations: Optional[str | Path] = None,
+    limit: Optional[int] = None,
+    thresholds: Optional[Dict[str, Thresholds]] = None,
+    batch: int = 8,
+    seed: int = 0,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    strict: bool = False,
+    progress: Progress = print,
+) -> SuiteResult:
+    """Check every artifact against the model file; see the module docstring.  ``data`` (a folder of
+    images, annotated or not) or ``random`` (that many seeded N(0, 1) inputs, default 8) are the inputs."""
+    from ..engines.predictor import load_image
+    from ..models.io import load_model_file
+    from .check import run_parity
+
+    say = progress or (lambda s: None)
+    start = time.time()
+    if data is not None and random is not None:
+        raise ParityError("use either --data DIR or --random N, not both")
+    if random is None and data is None:
+        random = 8
+    if random is not None and random < 1:
+        raise ParityError(f"--random needs at least 1 input, got {random}")
+    thresholds = thresholds or load_thresholds()
+    loaded = load_model_file(model_path)
+    model = loaded.model
+    arts = resolve_artifacts(artifacts)
+    for a in arts:
+        if a.info.task != loaded.task:
+            raise ParityError(f"{a.path}: a {a.info.task} artifact, but {model_path} is a {loaded.task} model")
+    class_names = loaded.metadata.get("class_names") or [f"class_{i}" for i in range(model.num_classes)]
+    dataset, images = None, None
+    if data is not None:
+        from .data import load_dataset
+
+        dataset = load_dataset(data, class_names, loaded.task, annotations, limit)
+        say(f"data: {dataset.describe()}" + (f" ({len(dataset.skipped)} unannotated images skipped)" if dataset.skipped else ""))
+        images = [load_image(s.path) for s in dataset.samples]
+        inputs = {"mode": "data", "root": str(dataset.root), "images": len(images), "format": dataset.format,
+                  "annotation_file": str(dataset.annotation_file) if dataset.annotation_file else None}
+    else:
+        inputs = {"mode": "random", "count": random, "seed": seed}
+        say(f"inputs: {random} seeded random N(0, 1) images (seed {seed}); task metrics need --data")
+    cache: Dict = {}  # PyTorch runs once per distinct input
+    feeds_cache: Dict = {}
+    results: List[ArtifactResult] = []
+    for k, art in enumerate(arts, 1):
+        th = thresholds.get(art.precision, thresholds["fp32"])
+        res = ArtifactResult(str(art.path), art.kind, art.precision, art.info.decode, [])
+        if art.source_sha256 and art.source_sha256 != loaded.sha256:
+            res.notes.append(f"exported from a different model file (source SHA-256 {art.source_sha256[:12]}..., "
+                             f"{Path(model_path).name} is {loaded.sha256[:12]}...)")
+        head = f"[{k}/{len(arts)}] {art.path.name} ({art.label}, decode {art.info.decode}"
+        head += f", top-k {art.topk})" if art.topk else ")"
+        levels = LEVELS if loaded.task == "detection" else ("tensor", "task")
+        if not art.runnable:
+            res.levels = [LevelResult(lv, "skipped", f"engine not executed: {art.why}") for lv in levels]
+            say(f"{head}: skipped: {art.why}")
+            results.append(res)
+            continue
+        size = tuple(art.info.input_size)
+        key = (size, art.info.batch, tuple(art.info.mean), tuple(art.info.std), art.info.dynamic_hw)
+        if key not in feeds_cache:
+            feeds_cache[key] = (_data_feeds(images, art.info, size, batch) if images is not None
+                                else _random_feeds(random, art.info, size, batch, seed))
+        feeds = feeds_cache[key]
+        t = time.time()
+        rule = th.detection
+        try:
+            report = run_parity(model, art.path, feeds.feeds, art.info.decode, art.topk, tolerances=th.tensor,
+                                runner=art.runner(providers), reference_cache=cache,
+                                detection_kwargs={"score_thr": rule.score_thresh, "iou_thr": rule.iou,
+                                                  "min_match": rule.min_match})
+        except ParityError as exc:
+            res.levels = [LevelResult("tensor", "fail", f"the artifact did not run: {exc}")]
+            say(f"{head}: tensor FAIL: {exc}")
+            results.append(res)
+            continue
+        tensor = _tensor_level(report, round(time.time() - t, 3))
+        res.levels.append(tensor)
+        if loaded.task == "detection":
+            res.levels.append(_detection_level(report, rule, tensor))
+        res.levels.append(_task_level(report, feeds, art, dataset, th.task, model.num_classes, res))
+        say(f"{head}:")
+        for note in res.notes:
+            say(f"      note: {note}")
+        for lv in res.levels:
+            say(f"      {lv.level:<9} {lv.status.upper():<7} {lv.message}")
+        results.append(res)
+    model_info = {"path": str(model_path), "sha256": loaded.sha256, "task": loaded.task,
+                  "backbone": loaded.config.get("backbone"), "num_classes": model.num_classes}
+    return SuiteResult(model_info, inputs, results, {k: v.to_dict() for k, v in thresholds.items()}, strict,
+                       round(time.time() - start, 2), _versions())
