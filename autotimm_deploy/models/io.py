@@ -13,6 +13,10 @@ import io
 import inspect
 import json
 import os
+import pickletools
+import re
+import stat
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write_bytes
+from .._compat import check_torch_version
 from ..errors import ModelFileError
 from .classifier import ImageClassifier
 from .detector import ObjectDetector
@@ -72,6 +77,17 @@ def _clean_metadata(
     }
 
 
+def _canonical_safetensors(data: bytes) -> bytes:
+    """Re-serialise a safetensors header with sorted keys: ``safetensors`` writes ``__metadata__`` from a Rust
+    HashMap, whose order changes from process to process, so the same model would not give the same bytes.
+    The header stays padded to a multiple of 8 bytes; tensor offsets are relative to the data, which is unchanged."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    blob = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    blob += b" " * (-len(blob) % 8)
+    return len(blob).to_bytes(8, "little") + blob + data[8 + n :]
+
+
 def save_model(
     model: nn.Module,
     path: str | os.PathLike,
@@ -102,7 +118,7 @@ def save_model(
             "config": json.dumps(model.config, sort_keys=True),
             "metadata": json.dumps(metadata, sort_keys=True),
         }
-        data = st_save(state, metadata=header)
+        data = _canonical_safetensors(st_save(state, metadata=header))
     else:
         payload = {
             "format": FORMAT_NAME,
@@ -132,6 +148,91 @@ class LoadedModel:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
+# timm.create_model keywords that load weights or configs from elsewhere (a path, the Hugging Face Hub)
+_BANNED_BACKBONE_KWARGS = frozenset({"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
+                                     "cache_dir", "features_only", "out_indices"})
+_MAX_LISTED = 8  # globals named in a refusal; a pickled whole module references dozens
+
+
+def _pickle_globals(data: bytes) -> List[str]:
+    """``module.name`` of every GLOBAL/INST/STACK_GLOBAL in a pickle, by disassembly (nothing is executed).
+
+    A fallback for :func:`torch.serialization.get_unsafe_globals_in_checkpoint`, whose scanner gives up on
+    opcodes ``torch.save`` never writes (hand-assembled payloads use exactly those).  STACK_GLOBAL's
+    operands are the two strings pushed before it (directly or from the memo).
+    """
+    found: List[str] = []
+    strings: List[Optional[str]] = []  # what each push put on the stack, where it was a string
+    memo: Dict[int, Optional[str]] = {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                found.append(str(arg).replace(" ", ".", 1))
+            elif op.name == "STACK_GLOBAL":
+                if len(strings) >= 2 and strings[-2] and strings[-1]:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                else:
+                    found.append("<STACK_GLOBAL of a computed name>")
+            elif op.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(arg)] = strings[-1] if strings else None
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = strings[-1] if strings else None
+            elif op.name in ("BINGET", "LONG_BINGET", "GET"):
+                strings.append(memo.get(int(arg)))
+            else:
+                strings.append(arg if isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name) else None)
+    except Exception:  # truncated or malformed pickle: keep what was found before the damage
+        pass
+    return found
+
+
+def _unsafe_globals(raw: bytes) -> List[str]:
+    """The non-allowlisted globals a checkpoint references (torch's own scanner, else a disassembly)."""
+    try:
+        return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(raw))))
+    except Exception:
+        pass
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            pkl = next((n for n in zf.namelist() if n == "data.pkl" or n.endswith("/data.pkl")), None)
+            data = zf.read(pkl) if pkl else b""
+    except (zipfile.BadZipFile, OSError, RuntimeError):
+        return []
+    try:
+        from torch import _weights_only_unpickler as wou
+
+        allowed = set(wou._get_allowed_globals()) | set(wou._get_user_allowed_globals())
+    except Exception:  # private API moved: report every global the pickle names
+        allowed = set()
+    return sorted(set(_pickle_globals(data)) - allowed)
+
+
+def _weights_only_reason(exc: BaseException) -> str:
+    """The one line of a ``torch.load(weights_only=True)`` failure that names the problem.
+
+    torch's own message starts with advice to re-run with ``weights_only=False``; never pass that on.
+    """
+    text = str(exc).strip()
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    if m:
+        text = m.group(1)
+    first = text.splitlines()[0].strip() if text else type(exc).__name__
+    return first[:300]
+
+
+def _looks_like_onnx(raw: bytes) -> bool:
+    if raw[:1] != b"\x08":  # field 1 (ir_version), varint: every ONNX ModelProto starts like this
+        return False
+    try:
+        import onnx
+
+        m = onnx.ModelProto()
+        m.ParseFromString(raw)
+        return m.ir_version > 0 and len(m.graph.node) > 0
+    except Exception:
+        return False
+
+
 def _read_pt(path: Path, raw: bytes) -> Dict[str, Any]:
     if not zipfile.is_zipfile(io.BytesIO(raw)):
         if raw[:2] == b"\x80\x02" or raw[:1] == b"\x80":
@@ -139,33 +240,72 @@ def _read_pt(path: Path, raw: bytes) -> Dict[str, Any]:
                 f"{path}: legacy (non-zip) torch serialisation is not accepted; re-save the model with "
                 "autotimm_deploy.save_model"
             )
-        raise ModelFileError(f"{path}: not a model file (not a torch zip archive nor safetensors)")
-    with zipfile.ZipFile(io.BytesIO(raw)) as zf:
-        names = zf.namelist()
-        if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        if len(raw) >= 262 and raw[257:262] == b"ustar":
             raise ModelFileError(
-                f"{path}: this is a TorchScript archive, which holds code; autotimm-deploy only loads "
-                "model files written by autotimm_deploy.save_model"
+                f"{path}: legacy torch tar archive (written by torch < 0.4) is not accepted; load it once with the "
+                "torch that wrote it, in a trusted environment, and re-save it with autotimm_deploy.save_model"
             )
-        bad = zf.testzip()
-        if bad is not None:
-            raise ModelFileError(f"{path}: corrupt archive member {bad!r} (file damaged or truncated)")
+        if raw[:4] == b"PK\x03\x04":
+            raise ModelFileError(
+                f"{path}: zip archive is truncated or damaged (no central directory at its end); "
+                "copy or download the file again"
+            )
+        if _looks_like_onnx(raw):
+            raise ModelFileError(
+                f"{path}: this is an ONNX model, not a model file; autotimm-export takes the PyTorch model file "
+                "written by autotimm_deploy.save_model (ONNX files are its output)"
+            )
+        raise ModelFileError(f"{path}: not a model file (not a torch zip archive nor safetensors)")
     try:
-        obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            infos = zf.infolist()
+            names = [i.filename for i in infos]
+            if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+                raise ModelFileError(
+                    f"{path}: this is a TorchScript archive, which holds code; autotimm-deploy only loads "
+                    "model files written by autotimm_deploy.save_model"
+                )
+            # torch.save stores members uncompressed; a compressed one is foreign (and can be a zip bomb)
+            packed = [i.filename for i in infos if i.compress_type != zipfile.ZIP_STORED]
+            if packed:
+                raise ModelFileError(
+                    f"{path}: archive member {packed[0]!r} is compressed, which torch.save never does; "
+                    "refusing to decompress it (the file was not written by torch.save)"
+                )
+            declared = sum(i.file_size for i in infos)
+            if declared > len(raw):
+                raise ModelFileError(
+                    f"{path}: archive members declare {declared} bytes, more than the file's {len(raw)} bytes "
+                    "(damaged or forged archive)"
+                )
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, RuntimeError, EOFError) as exc:
+        raise ModelFileError(f"{path}: damaged zip archive ({exc})") from None
+    if bad is not None:
+        raise ModelFileError(f"{path}: corrupt archive member {bad!r} (file damaged or truncated)")
+    try:
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols; the error says it all
+            warnings.simplefilter("ignore")
+            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError for unsafe globals, RuntimeError for storage errors
-        unsafe: List[str] = []
-        try:
-            unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(io.BytesIO(raw)))
-        except Exception:
-            pass
+        unsafe = _unsafe_globals(raw)
+        if not unsafe:
+            m = re.search(r"GLOBAL (\S+) was not an allowed global", str(exc))
+            unsafe = [m.group(1)] if m else []
         if unsafe:
+            listed = ", ".join(unsafe[:_MAX_LISTED]) + (f" and {len(unsafe) - _MAX_LISTED} more"
+                                                        if len(unsafe) > _MAX_LISTED else "")
             raise ModelFileError(
                 f"{path}: refused to load: the file references code or objects that are not allowed "
-                f"({', '.join(sorted(unsafe))}); model files may hold only tensors and plain data. "
+                f"({listed}); model files may hold only tensors and plain data. "
                 "Only load files you trust, and re-save them with autotimm_deploy.save_model."
             ) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: could not read the model file safely: {first}") from None
+        reason = _weights_only_reason(exc)
+        if isinstance(exc, RuntimeError) and re.search(r"storage|record size|PytorchStreamReader", reason):
+            raise ModelFileError(
+                f"{path}: damaged tensor data (a tensor does not fit the bytes stored for it): {reason}"
+            ) from None
+        raise ModelFileError(f"{path}: could not read the model file safely: {reason}") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
         raise ModelFileError(
             f"{path}: not an autotimm-deploy model file (expected a dict with format={FORMAT_NAME!r}; "
@@ -178,14 +318,26 @@ def _read_safetensors(path: Path, raw: bytes) -> Dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
+    if len(raw) < 8:
+        raise ModelFileError(f"{path}: corrupt safetensors file: {len(raw)} bytes, shorter than its 8-byte header length")
+    header_len = int.from_bytes(raw[:8], "little")
+    if header_len > len(raw) - 8:
+        raise ModelFileError(
+            f"{path}: corrupt safetensors file: header length {header_len} points past the end of the "
+            f"{len(raw)}-byte file (damaged or truncated)"
+        )
+    try:
+        header = json.loads(raw[8 : 8 + header_len])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path}: corrupt safetensors file: header is not valid JSON ({exc})") from None
+    if not isinstance(header, dict):
+        raise ModelFileError(f"{path}: corrupt safetensors file: header is JSON but not an object")
     try:
         state = st_load(raw)
-        header_len = int.from_bytes(raw[:8], "little")
-        header = json.loads(raw[8 : 8 + header_len])
-    except (SafetensorError, ValueError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path}: corrupt safetensors file: {exc}") from None
+    except (SafetensorError, ValueError) as exc:
+        raise ModelFileError(f"{path}: corrupt safetensors file: {str(exc).splitlines()[0]}") from None
     meta = header.get("__metadata__") or {}
-    if meta.get("format") != FORMAT_NAME:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise ModelFileError(
             f"{path}: safetensors file has no autotimm-deploy config in its metadata; save it with "
             "autotimm_deploy.save_model(model, 'model.safetensors')"
@@ -205,11 +357,19 @@ def _read_safetensors(path: Path, raw: bytes) -> Dict[str, Any]:
 
 def load_model_file(path: str | os.PathLike) -> LoadedModel:
     """Read and verify a model file and rebuild its module (in eval mode), without executing file code."""
+    check_torch_version()
     path = Path(path)
-    if not path.exists():
-        raise ModelFileError(f"{path}: no such file")
-    if path.is_dir():
+    try:
+        st = path.stat()  # follows symlinks: a link to /dev/zero is judged by what it points to
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO blocks on open, /dev/zero never ends
+        raise ModelFileError(f"{path}: not a regular file (a device, pipe or socket); expected a model file "
+                             "(.pt or .safetensors)")
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -217,7 +377,8 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
     if not raw:
         raise ModelFileError(f"{path}: file is empty")
     digest = hashlib.sha256(raw).hexdigest()
-    obj = _read_safetensors(path, raw) if raw[8:10] == b"{\"" else _read_pt(path, raw)
+    is_st = path.suffix == ".safetensors" or raw[8:10] == b"{\""
+    obj = _read_safetensors(path, raw) if is_st else _read_pt(path, raw)
     if obj.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model file format version {obj.get('format_version')!r} is not supported "
@@ -230,16 +391,41 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
     state = obj.get("state_dict")
     if not isinstance(config, dict) or not isinstance(state, dict):
         raise ModelFileError(f"{path}: model file lacks a config dict or a state dict")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise ModelFileError(f"{path}: state dict entry {k!r} is not a tensor ({type(v).__name__}) "
+                                 "or its name is not a string")
+    if not all(isinstance(k, str) for k in config):
+        raise ModelFileError(f"{path}: config keys must be strings")
     cls = _TASKS[task]
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = sorted(set(config) - allowed)
     if unknown:
         raise ModelFileError(f"{path}: config has unknown keys {unknown}; allowed: {sorted(allowed)}")
+    kwargs = config.get("backbone_kwargs") or {}
+    if not isinstance(kwargs, dict):
+        raise ModelFileError(f"{path}: config backbone_kwargs must be a dict, got {type(kwargs).__name__}")
+    banned = sorted(set(kwargs) & _BANNED_BACKBONE_KWARGS)
+    if banned:
+        raise ModelFileError(
+            f"{path}: config backbone_kwargs {banned} would make timm read or download weights or configs "
+            "outside the model file; the file's own state dict holds the weights"
+        )
+    # the weights come from the file: never let a config download pretrained ones
+    build = {**config, "pretrained_backbone": False} if "pretrained_backbone" in allowed else dict(config)
     try:
-        model = cls(**config)
+        # a skeleton on the meta device first: a config that asks for a giant model costs no memory before
+        # its shapes are compared with the state dict the file actually holds
+        with torch.device("meta"):
+            skeleton = cls(**build)
     except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: config cannot build a {cls.__name__}: {exc}") from None
-    expected = model.state_dict()
+        raise ModelFileError(f"{path}: config cannot build an {cls.__name__}: {str(exc).splitlines()[0]}") from None
+    except Exception:  # a backbone whose construction does not work on the meta device: build it for real
+        try:
+            skeleton = cls(**build)
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: config cannot build an {cls.__name__}: {str(exc).splitlines()[0]}") from None
+    expected = skeleton.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -258,9 +444,18 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
         raise ModelFileError(
             f"{path}: state dict does not match its config ({config.get('backbone')!r} {task}): " + "; ".join(parts)
         )
-    model.load_state_dict(state, strict=True)
+    del skeleton, expected
+    try:
+        model = cls(**build)
+        model.load_state_dict(state, strict=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: state dict cannot be loaded into its {cls.__name__}: "
+                             f"{str(exc).strip().splitlines()[-1].strip()}") from None
     model.eval()
-    metadata = dict(obj.get("metadata") or {})
+    metadata = obj.get("metadata") or {}
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path}: model file metadata must be a dict, got {type(metadata).__name__}")
+    metadata = dict(metadata)
     return LoadedModel(model=model, task=task, config=config, metadata=metadata, sha256=digest, path=path)
 
 
