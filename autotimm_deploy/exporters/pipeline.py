@@ -27,7 +27,7 @@ from .onnx_export import DEFAULT_OPSET, ExportConfig, check_input_size, export_o
 from .fp16 import DEFAULT_ISLANDS, Fp32Islands
 from .surgery import DECODE_MODES, apply_decode
 
-__all__ = ["ExportOptions", "export_model", "parity_feeds", "level_sizes"]
+__all__ = ["ExportOptions", "export_model", "parity_feeds", "level_sizes", "provenance"]
 
 Progress = Optional[Callable[[str], None]]
 
@@ -79,6 +79,21 @@ class ExportOptions:
     def islands(self) -> Fp32Islands:
         return Fp32Islands(op_types=tuple(self.fp32_ops) if self.fp32_ops is not None else DEFAULT_ISLANDS.op_types,
                            node_names=tuple(self.fp32_nodes) if self.fp32_nodes is not None else DEFAULT_ISLANDS.node_names)
+
+
+#: ExportOptions left out of the recorded provenance: a local folder, which would make the ONNX bytes
+#: depend on where the cache lives (it changes no artifact).
+_NOT_PROVENANCE = ("cache_dir",)
+
+
+def provenance(options: ExportOptions) -> Dict:
+    """What made an export: toolchain versions and the options (the CLI flags), as written into the ONNX
+    metadata (key ``autotimm_deploy.provenance``), the engine sidecars and the manifest.  No paths, clocks
+    or host names: the same model file and flags give byte-identical ONNX files."""
+    from .._compat import toolchain_versions
+
+    opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items() if k not in _NOT_PROVENANCE}
+    return {"versions": toolchain_versions(), "options": opts}
 
 
 def level_sizes(size: Tuple[int, int], strides: Sequence[int]) -> List[Tuple[int, int]]:
@@ -200,8 +215,10 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
 
         library = select_library(options.engine)  # an unusable --engine fails now, not after the export
     lo, opt, hi = options.batch
+    prov = provenance(options)
     cfg = ExportConfig(input_size=size, batch_size=opt, dynamic_batch=(lo != hi), dynamic_hw=options.dynamic_hw,
-                       opset=options.opset)
+                       opset=options.opset,
+                       metadata={"autotimm_deploy.provenance": json.dumps(prov, sort_keys=True, separators=(",", ":"))})
     t = time.time()
     step(f"exporting ONNX (opset {options.opset}, input {opt}x3x{size[0]}x{size[1]}, "
          f"batch {'dynamic' if cfg.dynamic_batch else 'static'}, H/W {'dynamic' if cfg.dynamic_hw else 'static'})")
@@ -293,6 +310,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         "parity": parity,
         "engine": None if engine_info is None else {k: v for k, v in engine_info.items() if k != "artifact"},
         "timings_s": {k: round(v, 3) for k, v in steps.items()},
+        "provenance": prov,
     }
     if plan is not None:
         manifest["fp16"] = plan.to_dict()
@@ -346,7 +364,7 @@ def _engine_step(step, say, options: ExportOptions, library, onnx_path: Path, fp
         gpu = gpu_info() or {"name": "none"}
         config.timing_cache = cache.timing_cache_path(lib.name, lib.version, str(gpu["name"]))
     sidecar = engine_from_onnx(source, out_dir / name, lib, config, cache, progress=lambda s: say("      " + s.strip()),
-                               provenance={"source_sha256": loaded.sha256, "onnx_file": source.name})
+                               provenance={"source_sha256": loaded.sha256, "onnx_file": source.name, **provenance(options)})
     size_mb = sidecar["engine"]["bytes"] / 1e6
     targets = sidecar["targets"]
     where = ", ".join(targets["compute_capabilities"]) if "compute_capabilities" in targets else targets["gpu"]["name"]
