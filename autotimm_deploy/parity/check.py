@@ -238,7 +238,7 @@ def run_parity(
     import onnxruntime as ort
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     from polygraphy.comparator import Comparator, RunResults, SimpleCompareFunc
-    from polygraphy.json import save_json
+    from polygraphy.json import to_json
     from polygraphy.logger import G_LOGGER
 
     ort.set_default_logger_severity(3)
@@ -281,7 +281,7 @@ def run_parity(
     if save_dir is not None:
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
-        save_json(data, str(save_dir / "inputs.json"))
+        atomic_write_text(save_dir / "inputs.json", to_json(data))
         only_torch = RunResults()
         only_torch.append(results[0])
         atomic_write_text(save_dir / "pytorch_outputs.json", only_torch.to_json())
