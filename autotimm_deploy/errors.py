@@ -30,7 +30,12 @@ class ParityError(AutotimmError):
 
 
 class EngineError(AutotimmError):
-    """An engine could not be built, checked or loaded."""
+    """An engine could not be built, checked or loaded.  ``log`` holds the library's error and warning
+    lines when the library was involved (the message quotes the last ones)."""
+
+    def __init__(self, message: str = "", log=None) -> None:
+        super().__init__(message)
+        self.log = list(log or [])
 
 
 class EngineBuildError(EngineError):

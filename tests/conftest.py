@@ -38,3 +38,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def reliability_record(tmp_path):
+    """``record(name, figures)``: the reliability tests' measured figures, as JSON, into
+    ``$AUTOTIMM_RELIABILITY_DIR`` (scripts/reliability_report.py renders docs/reliability.md from them)."""
+    import json
+    from pathlib import Path
+
+    root = Path(os.environ.get("AUTOTIMM_RELIABILITY_DIR") or tmp_path)
+
+    def record(name: str, figures: dict) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        (root / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+
+    return record

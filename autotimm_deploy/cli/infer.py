@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-det", type=int, default=100, help="detections per image (default 100)")
     p.add_argument("--class-agnostic", action="store_true", help="NMS across classes")
     p.add_argument("--no-draw", action="store_true", help="do not write the PNG pictures")
+    p.add_argument("--trust-engine-host-code", action="store_true",
+                   help="let an engine run the host (CPU) code it embeds; off by default: only for engines you trust")
     return p
 
 
@@ -65,7 +67,7 @@ def _body(args: argparse.Namespace) -> int:
     if not 0 <= args.score_thr <= 1 or not 0 < args.iou_thr <= 1 or args.max_det < 1:
         raise AutotimmError("--score-thr must be in [0, 1], --iou-thr in (0, 1], --max-det >= 1")
     start = time.time()
-    predictor = load(args.artifact, args.backend, precision=args.precision)
+    predictor = load(args.artifact, args.backend, precision=args.precision, allow_host_code=args.trust_engine_host_code)
     print(f"backend: {predictor.describe()}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     records, failed = [], 0

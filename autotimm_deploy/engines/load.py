@@ -105,17 +105,34 @@ _DIAGNOSTICS = {
 }
 
 
-def load_engine(path: str | Path, allow_host_code: bool = False) -> Tuple[TrtLibrary, object, Dict]:
-    """Check, validate and deserialise ``path``: returns (library, ICudaEngine, sidecar).  Needs a GPU."""
+def load_engine(path: str | Path, allow_host_code: bool = False, isolate: bool = True) -> Tuple[TrtLibrary, object, Dict]:
+    """Check, validate and deserialise ``path``: returns (library, ICudaEngine, sidecar).  Needs a GPU.
+
+    With ``isolate`` (default) the library first validates and deserialises the file in a child process
+    (:func:`~autotimm_deploy.engines.probe.probe_engine`): a file that crashes or hangs the native library
+    fails there with :class:`EngineCorrupt` and is never loaded here.  Engine host code stays disallowed
+    unless ``allow_host_code=True`` (only for engines you built or trust: host code runs on the CPU).
+    """
     sidecar = check_engine(path)
     ok, why = engine_runnable(sidecar)
     if not ok:
         raise EngineIncompatible(f"{path}: cannot run here: {why}")
+    if isolate:
+        from .probe import probe_engine
+
+        probe_engine(path, allow_host_code)
+    lib, engine = _deserialize(path, sidecar, allow_host_code)
+    return lib, engine, sidecar
+
+
+def _deserialize(path: str | Path, sidecar: Dict, allow_host_code: bool) -> Tuple[TrtLibrary, object]:
+    """The library's validity check, then ``deserialize_cuda_engine``; typed errors carry the library log."""
     lib = import_library(sidecar["library"]["name"])
     trt = lib.module
     from .build import _Logger
 
     logger = _Logger.make(trt)
+    log = lambda: logger.errors + logger.warnings
     runtime = trt.Runtime(logger)
     if hasattr(runtime, "engine_host_code_allowed"):
         runtime.engine_host_code_allowed = bool(allow_host_code)
@@ -125,10 +142,14 @@ def load_engine(path: str | Path, allow_host_code: bool = False) -> Tuple[TrtLib
         if str(validity).endswith("INVALID"):
             flags = [msg for name, msg in _DIAGNOSTICS.items()
                      if int(diag) & int(getattr(trt.EngineInvalidityDiagnostics, name, 0) or 0)]
-            raise EngineIncompatible(f"{path}: {lib.name} says the engine is invalid here: "
-                                     f"{'; '.join(flags) or 'no diagnostic'} ({'; '.join(logger.errors[-3:])})")
+            exc = EngineIncompatible(f"{path}: {lib.name} says the engine is invalid here: "
+                                     f"{'; '.join(flags) or 'no diagnostic'} ({'; '.join(logger.errors[-3:])})", log=log())
+            exc.library_checked = True
+            raise exc
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
-        raise EngineCorrupt(f"{path}: {lib.name} could not deserialise it: {'; '.join(logger.errors[-3:]) or 'no message'}")
-    return lib, engine, sidecar
-
+        exc = EngineCorrupt(f"{path}: {lib.name} could not deserialise it: {'; '.join(logger.errors[-3:]) or 'no message'}",
+                            log=log())
+        exc.library_checked = True
+        raise exc
+    return lib, engine

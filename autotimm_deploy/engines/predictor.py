@@ -261,7 +261,8 @@ def _model_file_info(backend: TorchBackend) -> ArtifactInfo:
 
 
 def load(path: str | Path, backend: str = "auto", precision: Optional[str] = None,
-         providers: Optional[Sequence[str]] = None, cuda_graphs: bool = False) -> Predictor:
+         providers: Optional[Sequence[str]] = None, cuda_graphs: bool = False,
+         allow_host_code: bool = False) -> Predictor:
     """A :class:`Predictor` for ``path``: an export directory or its ``manifest.json``, an ``.engine``,
     an ``.onnx`` or a model file (``.pt``/``.safetensors``).
 
@@ -269,6 +270,8 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
     Runtime on the FP32 ONNX, or the FP16 ONNX when ``precision="fp16"`` or ONNX Runtime has CUDA),
     ``tensorrt`` (the engine; an error says why it cannot run), ``onnxruntime`` or ``pytorch``
     (the export's source model file).  ``predictor.why`` says what was chosen and why.
+    Engines are checked in a child process before they are deserialised (:mod:`.probe`) and their host
+    code stays disallowed unless ``allow_host_code=True``: set it only for engines you built or trust.
     """
     from .load import check_engine, engine_runnable
 
@@ -289,7 +292,7 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
             engine = d / arts["engine"]["file"]
             ok, reason = engine_runnable(check_engine(engine))
             if ok:
-                return load(engine, "tensorrt", cuda_graphs=cuda_graphs)._with(
+                return load(engine, "tensorrt", cuda_graphs=cuda_graphs, allow_host_code=allow_host_code)._with(
                     str(engine), f"engine runs here: {reason}")
             if backend == "tensorrt":
                 raise EngineIncompatible(f"{engine}: cannot run here: {reason}")
@@ -311,7 +314,7 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
     if suffix in (".engine", ".plan"):
         if backend not in ("auto", "tensorrt"):
             raise AutotimmError(f"{path} is an engine: use backend tensorrt (or auto)")
-        be = EngineBackend(path, cuda_graphs=cuda_graphs)
+        be = EngineBackend(path, cuda_graphs=cuda_graphs, allow_host_code=allow_host_code)
         return Predictor(be, _engine_info(be.sidecar), str(path), "engine")
     if suffix == ".onnx":
         if backend not in ("auto", "onnxruntime"):
