@@ -70,6 +70,7 @@ class OutputStats:
     rtol: float
     passed: bool
     nonfinite: int = 0  # inf/NaN elements in the artifact's output where the reference is finite
+    reference_nonfinite: int = 0  # inf/NaN in PyTorch's own output: the model overflows on these inputs
     shape_mismatch: str = ""  # "artifact (1, 4) vs reference (1, 5)" when the shapes differ
 
     def message(self) -> str:
@@ -80,6 +81,9 @@ class OutputStats:
             return f"{self.name}: shape {self.shape_mismatch}"
         if self.nonfinite:
             return f"{self.name}: {self.nonfinite} non-finite value(s) (inf/NaN) where PyTorch is finite"
+        if self.reference_nonfinite:
+            return (f"{self.name}: PyTorch's own output has {self.reference_nonfinite} non-finite value(s) (inf/NaN): "
+                    "the model overflows on these inputs, no artifact can be checked against it")
         return (f"{self.name}: max abs err {self.max_abs:.3g} > atol {self.atol:g} and rel err > rtol {self.rtol:g} "
                 f"on {self.out_of_tolerance:.2%} of elements")
 
@@ -206,12 +210,13 @@ def _stats(name: str, ref: np.ndarray, out: np.ndarray, atol: float, rtol: float
     with np.errstate(invalid="ignore"):
         absdiff = np.abs(ref64 - out64)
         reldiff = absdiff / np.maximum(np.abs(ref64), 1e-12)
-    bad = (absdiff > atol) & (reldiff > rtol) | nonfinite | (np.isnan(ref64) != np.isnan(out64))
+    ref_bad = ~np.isfinite(ref64)
+    bad = (absdiff > atol) & (reldiff > rtol) | nonfinite | ref_bad
     finite = ~nonfinite & np.isfinite(absdiff)
     max_abs = float(absdiff[finite].max(initial=0.0)) if not nonfinite.any() else float("inf")
     max_rel = float(reldiff[finite].max(initial=0.0)) if not nonfinite.any() else float("inf")
     return OutputStats(name, max_abs, max_rel, float(bad.mean()) if bad.size else 0.0, atol, rtol, not bad.any(),
-                       nonfinite=int(nonfinite.sum()))
+                       nonfinite=int(nonfinite.sum()), reference_nonfinite=int(ref_bad.sum()))
 
 
 def run_parity(
@@ -268,7 +273,8 @@ def run_parity(
         per = [_stats(n, np.asarray(ri[n]), np.asarray(oi[n]), a, r) for ri, oi in zip(ref_iters, out_iters)]
         outputs.append(OutputStats(n, max(p.max_abs for p in per), max(p.max_rel for p in per),
                                    float(np.mean([p.out_of_tolerance for p in per])), a, r, all(p.passed for p in per),
-                                   sum(p.nonfinite for p in per), next((p.shape_mismatch for p in per if p.shape_mismatch), "")))
+                                   sum(p.nonfinite for p in per), sum(p.reference_nonfinite for p in per),
+                                   next((p.shape_mismatch for p in per if p.shape_mismatch), "")))
     det = None
     strides = getattr(model, "strides", None)
     if strides is not None:

@@ -376,7 +376,7 @@ def _tensor_level(report, seconds: float) -> LevelResult:
         return LevelResult("tensor", "pass", f"{len(outs)} outputs within tolerance; closest to its limit: "
                                              f"{worst.name} max abs err {worst.max_abs:.3g} (atol {worst.atol:g})",
                            seconds, details)
-    bad.sort(key=lambda o: (-o.nonfinite, -bool(o.shape_mismatch), -o.out_of_tolerance))
+    bad.sort(key=lambda o: (-o.nonfinite, -o.reference_nonfinite, -bool(o.shape_mismatch), -o.out_of_tolerance))
     msg = "; ".join(o.message() for o in bad[:4]) + (f"; and {len(bad) - 4} more outputs" if len(bad) > 4 else "")
     return LevelResult("tensor", "fail", msg or "Polygraphy's comparator reported a mismatch", seconds, details)
 
