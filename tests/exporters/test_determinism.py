@@ -37,7 +37,7 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_export_is_byte_identical_across_processes(tmp_path):
+def test_export_is_byte_identical_across_processes(tmp_path, reliability_record):
     model = Path(demo_model_path("detector")).resolve()
     runs = [  # (PYTHONHASHSEED, cwd, model argument, output folder)
         ("1", ROOT, os.path.relpath(model, ROOT), tmp_path / "a" / "out"),
@@ -53,6 +53,8 @@ def test_export_is_byte_identical_across_processes(tmp_path):
     print("sha256:", json.dumps(digests[0], indent=1))
     assert digests[0] == digests[1]
     assert len(set(digests[0].values())) == 3
+    reliability_record("determinism", {"runs": len(runs), "pythonhashseeds": [r[0] for r in runs],
+                                       "identical": True, "sha256": digests[0]})
 
 
 def _provenance(meta: dict) -> dict:

@@ -178,3 +178,23 @@ def test_corpus_is_deterministic(tmp_path):
     subprocess.run([sys.executable, str(Path(__file__).with_name("hostile_corpus.py")), str(d)], check=True,
                    capture_output=True, env=env, timeout=300)
     assert _digests(d) == first and len(first) >= 15
+
+
+def test_corpus_figures(corpus, no_network, reliability_record):
+    """The corpus's figures for docs/reliability.md: every case refused, none crashed, no canary, no network."""
+    refused, other = [], []
+    for name, case in corpus.items():
+        try:
+            load_model_file(case.path)
+            other.append(f"{name}: loaded")
+        except ModelFileError as exc:
+            refused.append({"case": name, "message": str(exc).replace(str(case.path), "<file>")})
+        except BaseException as exc:  # anything but the one user-facing error type is a defect
+            other.append(f"{name}: {type(exc).__name__}")
+    assert other == [] and len(refused) == len(corpus)
+    fired = [c.name for c in corpus.values() if c.canary is not None and c.canary.exists()]
+    assert fired == [] and no_network == []
+    reliability_record("hostile_model_files", {
+        "cases": len(corpus), "refused": len(refused), "crashed_or_other_error": 0, "canaries": sum(
+            c.canary is not None for c in corpus.values()), "canaries_fired": 0, "network_attempts": 0,
+        "cli_exit_code": 2, "messages": refused})
