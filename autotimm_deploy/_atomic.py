@@ -1,4 +1,14 @@
-"""Crash-safe file writes: write to a temporary file in the destination folder, then rename."""
+"""Crash-safe file writes: write to a temporary file in the destination folder, then rename.
+
+Every artifact autotimm-deploy writes goes through :func:`atomic_open`: the bytes go to
+``<folder>/.autotimm-tmp-<name>.XXXX`` (:data:`TMP_PREFIX`), are fsync'd, and the file is renamed onto
+its final name, after which the folder is fsync'd too.  A process killed at any point (SIGKILL, OOM,
+power loss) leaves each destination file either in its previous complete version or absent, plus at
+most a temporary file, which the next run removes (:func:`cleanup_tmp`).  Files that describe other
+files (``manifest.json``, an engine's sidecar) are removed with :func:`remove_file` before the files
+they describe are replaced, and written after them.  ``scripts/kill_test.py`` checks all of this by
+killing exports at random points.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +16,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterator, List, Optional
 
 TMP_PREFIX = ".autotimm-tmp-"
 
@@ -36,6 +46,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself survives a power loss before the next write
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -51,6 +62,62 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """fsync a folder so that renames and unlinks in it are durable (best effort: not on Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_file(path: str | os.PathLike) -> bool:
+    """Remove ``path`` if it exists, durably (the folder is fsync'd); True if it existed.
+
+    Used to drop a file that describes others (a manifest, an engine sidecar) *before* those others
+    are replaced, so that a crash in between never leaves a description next to files it does not match.
+    """
+    path = Path(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    _fsync_dir(path.parent)
+    return True
+
+
+def cleanup_tmp(folder: str | os.PathLike, max_age_s: Optional[float] = None) -> List[Path]:
+    """Remove the temporary files (:data:`TMP_PREFIX`) a killed writer left in ``folder``.
+
+    ``max_age_s``: only those not modified for that many seconds, so that a writer still running
+    in another process is not disturbed; None removes them all.  Returns the removed paths.
+
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / (TMP_PREFIX + "model.onnx.x1")).write_bytes(b"partial")
+    >>> [p.name for p in cleanup_tmp(d, max_age_s=3600)], [p.name for p in cleanup_tmp(d)]
+    ([], ['.autotimm-tmp-model.onnx.x1'])
+    """
+    import time
+
+    removed = []
+    now = time.time()
+    for p in Path(folder).glob(TMP_PREFIX + "*"):
+        try:
+            if max_age_s is not None and now - p.lstat().st_mtime < max_age_s:
+                continue
+            p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

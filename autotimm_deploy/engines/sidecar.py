@@ -8,6 +8,11 @@ sidecar before the library ever sees the bytes (:mod:`autotimm_deploy.engines.lo
 
 :class:`EngineCache` stores ``<key>.engine`` + ``<key>.json`` in a folder; entries are read as bytes
 and JSON, never unpickled, and a hit is used only if the stored engine's SHA-256 matches its sidecar.
+Writes are crash-safe: temporary file + rename, the entry's old sidecar removed before its engine is
+replaced and the new one written after it.  Temporary files left by a killed writer
+(``.autotimm-tmp-*`` in ``engines/`` and ``timing/``) are removed when an :class:`EngineCache` is
+opened, once they are older than :data:`TMP_MAX_AGE_S` (an hour), so that another process still
+writing into the same cache is not disturbed.
 
 >>> k1 = cache_key({"onnx_sha256": "ab", "library": "tensorrt-rtx", "library_version": "1.7",
 ...                 "precision": "fp16", "profiles": [], "targets": ["SM86"], "workspace_mib": None,
@@ -27,13 +32,15 @@ import os
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
-from .._atomic import atomic_write_bytes, atomic_write_text
+from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove_file
 from ..errors import EngineCorrupt, EngineIncompatible
 
 __all__ = ["SIDECAR_FORMAT", "CACHE_KEY_FIELDS", "sidecar_path", "cache_key", "read_sidecar", "write_sidecar",
-           "EngineCache", "default_cache_dir"]
+           "EngineCache", "default_cache_dir", "TMP_MAX_AGE_S"]
 
 SIDECAR_FORMAT = "autotimm-deploy-engine/1"
+#: A cache's temporary files older than this (seconds) are a killed writer's leftovers and are removed.
+TMP_MAX_AGE_S = 3600
 # Everything that changes the engine; a change in any of them is a cache miss.
 CACHE_KEY_FIELDS = ("onnx_sha256", "library", "library_version", "precision", "profiles", "targets",
                     "workspace_mib", "fp32_islands", "builder")
@@ -85,10 +92,19 @@ def default_cache_dir() -> Path:
 
 
 class EngineCache:
-    """Engines by cache key under ``root/engines`` (and full TensorRT timing caches under ``root/timing``)."""
+    """Engines by cache key under ``root/engines`` (and full TensorRT timing caches under ``root/timing``).
 
-    def __init__(self, root: Optional[str | Path] = None) -> None:
+    Opening a cache removes the temporary files killed writers left in it, once older than
+    ``tmp_max_age_s`` (default :data:`TMP_MAX_AGE_S`, an hour: a concurrent writer's are younger).
+    """
+
+    def __init__(self, root: Optional[str | Path] = None, tmp_max_age_s: Optional[float] = TMP_MAX_AGE_S) -> None:
         self.root = Path(root) if root is not None else default_cache_dir()
+        self.removed_tmp = self.cleanup_tmp(tmp_max_age_s)
+
+    def cleanup_tmp(self, max_age_s: Optional[float] = TMP_MAX_AGE_S) -> list:
+        """Remove leftover temporary files older than ``max_age_s`` seconds (None: all); returns their paths."""
+        return [p for sub in ("engines", "timing") for p in cleanup_tmp(self.root / sub, max_age_s)]
 
     def _paths(self, key: str) -> Tuple[Path, Path]:
         if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
@@ -109,7 +125,8 @@ class EngineCache:
         return data, meta
 
     def put(self, key: str, data: bytes, sidecar: Dict) -> None:
-        engine, _ = self._paths(key)
+        engine, side = self._paths(key)
+        remove_file(side)  # a crash between the two writes leaves an engine without sidecar: a miss
         atomic_write_bytes(engine, data)
         write_sidecar(engine, sidecar)
 

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from .. import __version__
-from .._atomic import TMP_PREFIX, atomic_write_bytes, atomic_write_text, sha256_file
+from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove_file, sha256_file
 from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
 from ..models.io import LoadedModel, load_model_file
@@ -139,14 +139,6 @@ def _io_info(model: onnx.ModelProto) -> Dict[str, List[Dict]]:
     return {"inputs": info(model.graph.input), "outputs": info(model.graph.output)}
 
 
-def _cleanup_tmp(out_dir: Path) -> None:
-    for p in out_dir.glob(TMP_PREFIX + "*"):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-
-
 def engine_profile(size: Tuple[int, int], options: ExportOptions, stride: int) -> Dict[str, Tuple]:
     """The optimisation profile for input ``images``: ``--batch`` MIN:OPT:MAX and, with ``--dynamic-hw``,
     H/W from ``--min-size`` (default half the input size) to ``--max-size`` (default twice)."""
@@ -184,6 +176,11 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
                  progress: Progress = print) -> Dict:
     """Export ``model_path`` into ``out_dir`` and return the manifest (also written as manifest.json, last).
 
+    Crash safety: every file is written to a temporary file in ``out_dir`` and renamed into place;
+    an existing ``manifest.json`` is removed before the first artifact is replaced and the new one is
+    written last, so a folder with a manifest holds every file it lists, complete and matching its
+    SHA-256, and an interrupted re-export leaves no manifest (``scripts/kill_test.py`` checks this).
+
     Artifacts: ``model.raw.onnx`` (raw per-level outputs), ``model.onnx`` (with ``options.decode``
     fused), with ``fp16`` ``model.fp16.onnx`` (FP32 islands, overflow guard), an engine
     (``model.engine`` / ``model.fp16.engine`` + ``.json`` sidecar) unless ``engine="none"``, and the
@@ -193,7 +190,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     say = progress or (lambda s: None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _cleanup_tmp(out_dir)
+    cleanup_tmp(out_dir)  # what a killed export left behind (one export per output folder at a time)
     step = _Steps(say, 4 + options.fp16 + (options.engine != "none"))
     steps: Dict[str, float] = {}
     t0 = time.time()
@@ -226,6 +223,9 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     steps["export"] = time.time() - t
     artifacts = []
     raw_path = out_dir / "model.raw.onnx"
+    # from here on the folder's files change: the old manifest goes first, so that it never describes a
+    # mix of old and new files if this run dies (the new manifest is written last)
+    remove_file(out_dir / "manifest.json")
     atomic_write_bytes(raw_path, raw.SerializeToString())
     artifacts.append({"role": "onnx-raw", "file": raw_path.name, "precision": "fp32", "decode": "raw", **_io_info(raw),
                       "sha256": sha256_file(raw_path)})
@@ -273,8 +273,9 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         steps["parity"] = time.time() - t
         parity = {"passed": all(r.passed for r in reports), "reports": [r.to_dict() for r in reports],
                   "markdown": [r.to_markdown() for r in reports]}
-        artifacts += [{"role": "polygraphy-inputs", "file": "inputs.json"},
-                      {"role": "polygraphy-reference-outputs", "file": "pytorch_outputs.json"}]
+        artifacts += [{"role": "polygraphy-inputs", "file": "inputs.json", "sha256": sha256_file(out_dir / "inputs.json")},
+                      {"role": "polygraphy-reference-outputs", "file": "pytorch_outputs.json",
+                       "sha256": sha256_file(out_dir / "pytorch_outputs.json")}]
     else:
         step("parity check skipped (--no-check)")
     engine_info = None
@@ -283,7 +284,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         engine_info = _engine_step(step, say, options, library, onnx_path, fp16_path, plan, profile, loaded, out_dir)
         steps["engine_build"] = time.time() - t
         artifacts.append(engine_info["artifact"])
-        artifacts.append({"role": "engine-sidecar", "file": engine_info["artifact"]["file"] + ".json"})
+        side_name = engine_info["artifact"]["file"] + ".json"
+        artifacts.append({"role": "engine-sidecar", "file": side_name, "sha256": sha256_file(out_dir / side_name)})
         if options.check:
             t = time.time()
             engine_info["parity"] = _engine_parity(say, model, out_dir / engine_info["artifact"]["file"],
@@ -298,7 +300,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
             md.append(f"# Engine `{engine_info['artifact']['file']}`\n\n{engine_info['parity']['summary']}\n")
         atomic_write_text(out_dir / "parity.json", json.dumps(parity, indent=2) + "\n")
         atomic_write_text(out_dir / "parity.md", "\n".join(md))
-        artifacts += [{"role": "parity-report", "file": "parity.json"}, {"role": "parity-report-md", "file": "parity.md"}]
+        artifacts += [{"role": "parity-report", "file": "parity.json", "sha256": sha256_file(out_dir / "parity.json")},
+                      {"role": "parity-report-md", "file": "parity.md", "sha256": sha256_file(out_dir / "parity.md")}]
     manifest = {
         "autotimm_deploy_version": __version__,
         "source": {"path": str(model_path), "sha256": loaded.sha256, "task": loaded.task, "config": loaded.config},
