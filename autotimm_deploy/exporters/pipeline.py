@@ -81,18 +81,29 @@ class ExportOptions:
                            node_names=tuple(self.fp32_nodes) if self.fp32_nodes is not None else DEFAULT_ISLANDS.node_names)
 
 
-#: ExportOptions left out of the recorded provenance: a local folder, which would make the ONNX bytes
+#: ExportOptions left out of all recorded provenance: a local folder, which would make the records
 #: depend on where the cache lives (it changes no artifact).
 _NOT_PROVENANCE = ("cache_dir",)
+#: ExportOptions that change no ONNX file (verification, engine build and cache settings): left out of
+#: the ONNX metadata, so that re-exporting with, say, ``--no-check`` or another ``--engine`` gives the same
+#: ONNX bytes and so the same engine cache key.  Sidecars and the manifest record them.
+NOT_IN_ONNX = ("check", "random_inputs", "demo_images", "min_size", "max_size", "engine", "target_cc",
+               "workspace_mib", "cache")
 
 
-def provenance(options: ExportOptions) -> Dict:
-    """What made an export: toolchain versions and the options (the CLI flags), as written into the ONNX
-    metadata (key ``autotimm_deploy.provenance``), the engine sidecars and the manifest.  No paths, clocks
-    or host names: the same model file and flags give byte-identical ONNX files."""
+def provenance(options: ExportOptions, onnx_only: bool = False) -> Dict:
+    """What made an export: toolchain versions and the options (the CLI flags), as recorded in the engine
+    sidecars and the manifest; with ``onnx_only`` the options that shape the ONNX files (all but
+    :data:`NOT_IN_ONNX`), as written into their metadata (key ``autotimm_deploy.provenance``).  No paths,
+    clocks or host names: the same model file and flags give byte-identical ONNX files.
+
+    >>> sorted(set(provenance(ExportOptions())["options"]) - set(provenance(ExportOptions(), onnx_only=True)["options"]))
+    ['cache', 'check', 'demo_images', 'engine', 'max_size', 'min_size', 'random_inputs', 'target_cc', 'workspace_mib']
+    """
     from .._compat import toolchain_versions
 
-    opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items() if k not in _NOT_PROVENANCE}
+    skip = _NOT_PROVENANCE + (NOT_IN_ONNX if onnx_only else ())
+    opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items() if k not in skip}
     return {"versions": toolchain_versions(), "options": opts}
 
 
@@ -213,9 +224,10 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         library = select_library(options.engine)  # an unusable --engine fails now, not after the export
     lo, opt, hi = options.batch
     prov = provenance(options)
+    onnx_prov = provenance(options, onnx_only=True)
     cfg = ExportConfig(input_size=size, batch_size=opt, dynamic_batch=(lo != hi), dynamic_hw=options.dynamic_hw,
                        opset=options.opset,
-                       metadata={"autotimm_deploy.provenance": json.dumps(prov, sort_keys=True, separators=(",", ":"))})
+                       metadata={"autotimm_deploy.provenance": json.dumps(onnx_prov, sort_keys=True, separators=(",", ":"))})
     t = time.time()
     step(f"exporting ONNX (opset {options.opset}, input {opt}x3x{size[0]}x{size[1]}, "
          f"batch {'dynamic' if cfg.dynamic_batch else 'static'}, H/W {'dynamic' if cfg.dynamic_hw else 'static'})")

@@ -22,6 +22,7 @@ import torch
 from autotimm_deploy import __version__
 from autotimm_deploy.cli import export as export_cli
 from autotimm_deploy.demo import demo_model_path
+from autotimm_deploy.exporters.pipeline import NOT_IN_ONNX, ExportOptions, export_model
 
 ROOT = Path(__file__).resolve().parents[2]
 ONNX_FILES = ("model.raw.onnx", "model.onnx", "model.fp16.onnx")
@@ -57,6 +58,21 @@ def test_export_is_byte_identical_across_processes(tmp_path, reliability_record)
                                        "identical": True, "sha256": digests[0]})
 
 
+def test_verification_and_engine_flags_leave_the_onnx_bytes_unchanged(tmp_path):
+    """``--no-check``, another ``--engine``, ``--workspace``, ``--no-cache``... change no ONNX file, so a
+    re-export with them gives the same bytes (and the same engine cache key); a graph option does not."""
+    runs = {"a": ExportOptions(engine="none", check=False),
+            "b": ExportOptions(engine="none", check=True, random_inputs=1, demo_images=1, workspace_mib=64,
+                               cache=False, target_cc=("SM86",)),
+            "graph option changed": ExportOptions(engine="none", check=False, batch=(1, 2, 8))}
+    digests = {}
+    for name, opts in runs.items():
+        export_model(demo_model_path("classifier"), tmp_path / name, opts, progress=None)
+        digests[name] = [_sha(tmp_path / name / f) for f in ("model.raw.onnx", "model.onnx")]
+    assert digests["a"] == digests["b"]
+    assert all(x != y for x, y in zip(digests["a"], digests["graph option changed"]))
+
+
 def _provenance(meta: dict) -> dict:
     return json.loads(meta["autotimm_deploy.provenance"])
 
@@ -84,9 +100,9 @@ def test_provenance_in_onnx_metadata(rtx_export):
         assert prov["versions"]["torch"] == torch.__version__ and prov["versions"]["timm"] == timm.__version__
         assert prov["versions"]["onnx"] == onnx.__version__
         opts = prov["options"]
-        assert opts["engine"] == "tensorrt-rtx" and opts["fp16"] is True and opts["topk"] == 50
-        assert opts["target_cc"] == ["SM86"] and opts["cache"] is False and opts["check"] is False
-        assert "cache_dir" not in opts
+        assert opts["fp16"] is True and opts["topk"] == 50 and opts["decode"] == "boxes" and opts["batch"] == [1, 1, 8]
+        # verification and engine flags shape no ONNX file: recorded in the sidecar and manifest instead
+        assert not set(opts) & set(NOT_IN_ONNX) and "cache_dir" not in opts
         text = meta["autotimm_deploy.provenance"]
         assert str(rtx_export) not in text and "/tmp" not in text  # no paths in the ONNX
         seen.append(prov)
@@ -101,9 +117,12 @@ def test_provenance_in_engine_sidecar_and_manifest(rtx_export):
     assert prov["source_sha256"] == _sha(Path(demo_model_path("detector")))
     assert prov["autotimm_deploy"] == __version__ and prov["onnx_file"] == "model.fp16.onnx"
     assert prov["versions"] == _provenance(onnx_meta)["versions"]
-    assert prov["options"] == _provenance(onnx_meta)["options"]
+    onnx_opts = _provenance(onnx_meta)["options"]
+    assert prov["options"] == {**onnx_opts, **{k: prov["options"][k] for k in NOT_IN_ONNX}}  # the ONNX's + the rest
+    assert prov["options"]["engine"] == "tensorrt-rtx" and prov["options"]["target_cc"] == ["SM86"]
+    assert prov["options"]["cache"] is False and prov["options"]["check"] is False and "cache_dir" not in prov["options"]
     assert sidecar["model"]["autotimm_deploy.provenance"] == onnx_meta["autotimm_deploy.provenance"]
     assert sidecar["onnx"]["sha256"] == _sha(rtx_export / "model.fp16.onnx")
     assert sidecar["library"]["name"] == "tensorrt-rtx" and sidecar["library"]["version"]
     manifest = json.loads((rtx_export / "manifest.json").read_text())
-    assert manifest["provenance"] == _provenance(onnx_meta)
+    assert manifest["provenance"] == {"versions": prov["versions"], "options": prov["options"]}
