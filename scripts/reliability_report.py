@@ -1,11 +1,13 @@
 #!/usr/bin/env python
 """Run the reliability tests and write docs/reliability.md from the figures they measure.
 
-    python scripts/reliability_report.py [--out docs/reliability.md] [--figures DIR] [--no-run]
+    python scripts/reliability_report.py [--out docs/reliability.md] [--figures DIR] [--no-run] [--long]
 
 The tests record their figures through the ``reliability_record`` fixture (tests/conftest.py) into
 ``$AUTOTIMM_RELIABILITY_DIR``; this script sets it, runs the tests (the same fast variants CI runs),
-and renders the document.  ``--no-run`` renders from an existing figures folder.
+and renders the document.  ``--long`` also runs the long variants the tests do not (200 kill points
+with ``scripts/kill_test.py``, 1000 loads of every target with ``scripts/load_unload.py``; about 6
+minutes on 2 cores).  ``--no-run`` renders from an existing figures folder.
 """
 
 from __future__ import annotations
@@ -78,15 +80,40 @@ def render(fig: Path, test_summary: str) -> str:
     c = _load(fig, "crash_safety")
     L += ["", "## Crash-safe outputs", ""]
     if c:
-        L += [f"**{c['points']} SIGKILL points, {c['survived']} survived with every invariant, "
-              f"{c.get('violations', 0)} violations; phases hit: {', '.join(c.get('phases', []))}.** "
-              + c.get("summary", "")]
+        L += [f"**{c['points']} SIGKILL points ({c['killed']} landed inside an export, {c['finished_before_kill']} "
+              f"after it had finished), {c['survived']} survived with every invariant, {c['violations']} violations; "
+              f"{c['recovery_ok']}/{c['recovery_runs']} next runs succeeded and left no temporary file.** "
+              f"{c['summary']}; {c['killed_with_mixed_generations']} kills left a mix of previous and new files "
+              f"(the folder mid-update, still consistent); next runs removed {c['out_tmp_removed_by_recovery']} "
+              f"leftover temporary file(s) in the export folder and {c['cache_tmp_removed_by_recovery']} in the "
+              "engine cache.", "",
+              "| export step at the kill | points |", "|---|---|"]
+        L += [f"| {k} | {v} |" for k, v in sorted(c["phases"].items(), key=lambda kv: -kv[1])]
+        L += ["", "Kills at a chosen file write: " + ", ".join(f"{k} ({v})" for k, v in sorted(c["event_kills"].items()))
+              + f". Manifest at the kill: {', '.join(f'{k} {v}' for k, v in c['manifest_at_kill'].items())} "
+              "(`None`: removed, the run had started replacing files)."]
+        ctl = c["control"]
+        L += ["", f"Positive control (`--unsafe-writes`: every file written in place, killed half-way through a "
+                  f"write): **{ctl['caught']} of {ctl['points']} kills caught** ({ctl['violations']} violations), "
+                  f"e.g. `{ctl['examples'][0] if ctl['examples'] else '-'}`."]
     else:
         L.append(_missing("crash_safety"))
-    L += ["", "Every artifact (ONNX, engines, sidecars, cache entries, timing caches, reports, Polygraphy inputs, "
-          "manifest) is written to `.autotimm-tmp-*` in its destination folder, fsync'd and renamed; the manifest "
-          "is removed at the start of a re-export and written last; the next run removes leftover temporary files "
-          "(`scripts/kill_test.py --points 200` for the long run)."]
+    long_kill = _load(fig, "kill_test_long")
+    if long_kill:
+        L += ["", f"Long run (`scripts/kill_test.py --points {long_kill['points']}`): **{long_kill['survived']}/"
+                  f"{long_kill['points']} survived ({long_kill['killed']} killed), {long_kill['violations']} violations, "
+                  f"{long_kill['recovery_ok']}/{long_kill['recovery_runs']} next runs OK**, {long_kill['wall_s']} s; "
+                  f"steps: {', '.join(f'{k} {v}' for k, v in long_kill['phases'].items())}."]
+    L += ["", "Invariants checked after every kill (`scripts/kill_test.py`): (a) every file in the folder is a "
+          "complete version, previous or new (ONNX by SHA-256, JSON/Markdown parse and equal a reference up to "
+          "timings, an engine matches its sidecar); (b) a manifest, if present, lists only present files with "
+          "the SHA-256 it records, all of its own generation; (c) every engine-cache entry is valid or a miss; "
+          "(d) the next uninterrupted run succeeds and leaves no temporary file.", "",
+          "Every artifact (ONNX, engines, sidecars, cache entries, timing caches, reports, Polygraphy inputs, "
+          "manifest) is written to `.autotimm-tmp-*` in its destination folder, fsync'd and renamed (the folder "
+          "fsync'd after); the manifest and an engine's sidecar are removed before the files they describe are "
+          "replaced and written after them; the next export removes leftover temporary files in its folder, "
+          "and opening an engine cache removes those older than an hour (a concurrent writer's are younger)."]
 
     e = _load(fig, "engine_corpus")
     ctl = _load(fig, "engine_child_controls")
@@ -121,8 +148,11 @@ def render(fig: Path, test_summary: str) -> str:
               "working and output folders, relative vs absolute model path): byte-identical.**", ""]
         L += [f"- `{n}` `{s}`" for n, s in d["sha256"].items()]
         L += ["", "Provenance (source SHA-256, versions of torch/timm/onnx/onnxruntime/autotimm-deploy/..., the export "
-                  "options) is in each ONNX file's metadata (`autotimm_deploy.provenance`), the engine sidecar and the "
-                  "manifest; no paths, clocks or host names."]
+                  "options) is in each ONNX file's metadata (`autotimm_deploy.provenance`: the options that shape the "
+                  "ONNX), and with every flag in the engine sidecar and the manifest; no paths, clocks or host names. "
+                  "Verification and engine flags (`--no-check`, `--engine`, `--target-cc`, `--workspace`, "
+                  "`--no-cache`, ...) leave the ONNX bytes unchanged, so a re-export with them hits the engine cache "
+                  "(tested)."]
     else:
         L.append(_missing("determinism"))
 
@@ -139,12 +169,63 @@ def render(fig: Path, test_summary: str) -> str:
                   "`scores: 4096 non-finite value(s) (inf/NaN) where PyTorch is finite` (docs/parity-ci.md)."]
 
     t = _load(fig, "runtime_threads")
-    m = _load(fig, "load_unload")
     L += ["", "## Runtime robustness", ""]
-    L.append("```json\n" + json.dumps(t, indent=1) + "\n```" if t else _missing("runtime_threads"))
-    L.append("")
-    L.append("```json\n" + json.dumps(m, indent=1) + "\n```" if m else _missing("load_unload"))
+    if t:
+        L += ["N threads released together by a barrier, each with its own backend (ONNX Runtime session, PyTorch "
+              "module or engine context), run 8 distinct inputs 3 rounds in different orders; outputs are compared "
+              "with the single-thread reference.", "",
+              "| backend | threads | calls | max in flight | bit-exact | max abs diff | s |", "|---|---|---|---|---|---|---|"]
+        for key, f in t.items():
+            for r in f["runs"]:
+                L.append(f"| {key} (`{f['backend']}`) | {r['threads']} | {r['calls']} | {r['max_in_flight']} | "
+                         f"{'yes' if r['bit_exact'] else 'no'} | {r['max_abs_diff']:.3g} | {r['seconds']} |")
+        if "tensorrt-engine" not in t:
+            L += ["", "Engines: the threaded engine test is `gpu`-marked and did not run (no GPU)."]
+    else:
+        L.append(_missing("runtime_threads"))
+    for key, title in (("load_unload", "in the test suite"), ("load_unload_long", "`scripts/load_unload.py`")):
+        m = _load(fig, key)
+        if not m:
+            if key == "load_unload":
+                L += ["", _missing(key)]
+            continue
+        L += ["", f"Load/unload ({title}): create a backend, run one inference, close it; RSS "
+                  f"({m['rss_source']}) growth from the end of a {m['warmup']}-load warm-up to the end, "
+                  f"budget **{m['budget_mib']} MiB**; the leak control keeps a touched {m['leak_control_kib_per_load']} "
+                  "KiB buffer per load and must exceed it.", "",
+              "| target | loads | RSS after warm-up (MiB) | growth (KiB) | KiB/load | ms/load | verdict |",
+              "|---|---|---|---|---|---|---|"]
+        for name, r in m["targets"].items():
+            within = r["growth_kib"] < m["budget_mib"] * 1024
+            verdict = ("fails the budget, as it must" if not within else "**passed: control broken**") \
+                if name == "leak-control" else ("within budget" if within else "**over budget**")
+            L.append(f"| {name} | {r['iterations']} | {r['rss_after_warmup_kib'] / 1024:.0f} | {r['growth_kib']} | "
+                     f"{r['growth_per_iteration_kib']} | {r['ms_per_iteration']} | {verdict} |")
     return "\n".join(L) + "\n"
+
+
+def run_long(fig: Path) -> int:
+    """The long variants, as scripts: their figures go next to the tests' (``kill_test_long``, ``load_unload_long``)."""
+    full = fig / "kill_test_long_full.json"
+    rc = subprocess.run([sys.executable, str(ROOT / "scripts" / "kill_test.py"), "--points", "200", "--quiet",
+                         "--json", str(full)], cwd=ROOT).returncode
+    if full.is_file():
+        res = json.loads(full.read_text())
+        (fig / "kill_test_long.json").write_text(json.dumps(
+            {k: v for k, v in res.items() if k not in ("records", "recoveries")}, indent=1, default=str))
+    lu = fig / "load_unload_long_raw.json"
+    rc |= subprocess.run([sys.executable, str(ROOT / "scripts" / "load_unload.py"), "--json", str(lu)],
+                         cwd=ROOT).returncode
+    if lu.is_file():
+        sys.path.insert(0, str(ROOT / "scripts"))
+        import load_unload
+
+        results = json.loads(lu.read_text())
+        (fig / "load_unload_long.json").write_text(json.dumps({
+            "budget_mib": load_unload.BUDGET_MIB, "warmup": 50, "leak_control_kib_per_load": load_unload.LEAK_KIB,
+            "rss_source": "VmRSS, /proc/self/status, after gc.collect(); one fresh interpreter per target",
+            "targets": {r["target"]: r for r in results}}, indent=1))
+    return rc
 
 
 def main() -> int:
@@ -152,11 +233,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
     ap.add_argument("--figures", type=Path, default=None, help="figures folder (default: a fresh temporary one)")
     ap.add_argument("--no-run", action="store_true", help="render from --figures without running the tests")
+    ap.add_argument("--long", action="store_true", help="also run the 200-point kill test and 1000 loads per target")
     args = ap.parse_args()
     fig = args.figures or Path(tempfile.mkdtemp(prefix="reliability-"))
-    summary = "not run (rendered from existing figures)"
+    summary_file = fig / "tests_summary.txt"
+    summary = summary_file.read_text().strip() if summary_file.is_file() else "not run (rendered from existing figures)"
     if not args.no_run:
-        tests = [t for t in TESTS if (ROOT / t.split("::")[0]).is_file()]
+        tests = TESTS
         env = dict(os.environ, AUTOTIMM_RELIABILITY_DIR=str(fig))
         start = time.time()
         proc = subprocess.run([sys.executable, "-m", "pytest", "-q", *tests], cwd=ROOT, env=env,
@@ -164,8 +247,11 @@ def main() -> int:
         last = [ln for ln in proc.stdout.splitlines() if ln.strip()][-1:] or ["no output"]
         summary = f"`pytest` on {len(tests)} files: {last[0].strip('= ')} ({time.time() - start:.0f} s)"
         print(summary)
+        summary_file.write_text(summary + "\n")
         if proc.returncode != 0:
             print(proc.stdout[-4000:], proc.stderr[-2000:], sep="\n")
+            return 1
+        if args.long and run_long(fig) != 0:
             return 1
     args.out.write_text(render(fig, summary))
     print(f"wrote {args.out} (figures in {fig})")
