@@ -38,10 +38,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import onnx
 
 from .. import __version__
-from .._atomic import atomic_write_bytes, remove_file, sha256_file
+from .._atomic import atomic_write_bytes, sha256_file
 from ..errors import EngineBuildError, EngineError
 from .library import RTX_TARGETS, TrtLibrary, gpu_info
-from .sidecar import SIDECAR_FORMAT, EngineCache, cache_key, sidecar_path, write_sidecar
+from .sidecar import SIDECAR_FORMAT, EngineCache, cache_key, write_engine
 
 __all__ = ["BuildConfig", "BuiltEngine", "Profile", "static_profile", "build_engine", "engine_from_onnx",
            "default_targets"]
@@ -330,10 +330,6 @@ def engine_from_onnx(onnx_path: str | Path, engine_path: str | Path, lib: TrtLib
         if cache is not None:
             cache.put(key, data, {**sidecar, "cache": "stored"})
     sidecar["engine"] = dict(sidecar["engine"], file=engine_path.name)
-    # crash safety: the stale sidecar goes before the engine is replaced and the new one is written after it,
-    # so a sidecar never sits next to an engine it does not describe (check_engine also verifies size + SHA-256)
-    remove_file(sidecar_path(engine_path))
-    atomic_write_bytes(engine_path, data)
-    write_sidecar(engine_path, sidecar)
+    write_engine(engine_path, data, sidecar)  # crash-safe pair; check_engine also verifies size + SHA-256
     return sidecar
 

@@ -36,7 +36,7 @@ from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove
 from ..errors import EngineCorrupt, EngineIncompatible
 
 __all__ = ["SIDECAR_FORMAT", "CACHE_KEY_FIELDS", "sidecar_path", "cache_key", "read_sidecar", "write_sidecar",
-           "EngineCache", "default_cache_dir", "TMP_MAX_AGE_S"]
+           "write_engine", "EngineCache", "default_cache_dir", "TMP_MAX_AGE_S"]
 
 SIDECAR_FORMAT = "autotimm-deploy-engine/1"
 #: A cache's temporary files older than this (seconds) are a killed writer's leftovers and are removed.
@@ -64,6 +64,15 @@ def write_sidecar(engine_path: str | Path, sidecar: Dict) -> Path:
     path = sidecar_path(engine_path)
     atomic_write_text(path, json.dumps(sidecar, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def write_engine(engine_path: str | Path, data: bytes, sidecar: Dict) -> None:
+    """Write an engine and its sidecar, crash-safe: the stale sidecar goes before the engine is replaced
+    and the new one is written after it, so a sidecar never sits next to an engine it does not describe
+    (a crash in between leaves an engine without sidecar, which every reader refuses or treats as a miss)."""
+    remove_file(sidecar_path(engine_path))
+    atomic_write_bytes(engine_path, data)
+    write_sidecar(engine_path, sidecar)
 
 
 def read_sidecar(engine_path: str | Path) -> Dict:
@@ -125,10 +134,7 @@ class EngineCache:
         return data, meta
 
     def put(self, key: str, data: bytes, sidecar: Dict) -> None:
-        engine, side = self._paths(key)
-        remove_file(side)  # a crash between the two writes leaves an engine without sidecar: a miss
-        atomic_write_bytes(engine, data)
-        write_sidecar(engine, sidecar)
+        write_engine(self._paths(key)[0], data, sidecar)
 
     def timing_cache_path(self, library: str, version: str, gpu: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in f"{library}-{version}-{gpu}")
