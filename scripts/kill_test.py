@@ -120,13 +120,6 @@ class Refs:
         return {"paths": list(self.paths), "sha": conv(self.sha), "norm": conv(self.norm), "engines": self.engines,
                 "options": self.options}
 
-    @classmethod
-    def from_dict(cls, d: Dict) -> "Refs":
-        r = cls(tuple(d["paths"]))
-        conv = lambda d: {k: {g: set(v) for g, v in gens.items()} for k, gens in d.items()}  # noqa: E731
-        r.sha, r.norm, r.engines, r.options = conv(d["sha"]), conv(d["norm"]), dict(d["engines"]), d["options"]
-        return r
-
 
 def _options(manifest: Dict) -> Dict:
     return {k: v for k, v in manifest.get("options", {}).items() if k != "cache_dir"}

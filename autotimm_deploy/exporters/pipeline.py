@@ -285,9 +285,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         steps["parity"] = time.time() - t
         parity = {"passed": all(r.passed for r in reports), "reports": [r.to_dict() for r in reports],
                   "markdown": [r.to_markdown() for r in reports]}
-        artifacts += [{"role": "polygraphy-inputs", "file": "inputs.json", "sha256": sha256_file(out_dir / "inputs.json")},
-                      {"role": "polygraphy-reference-outputs", "file": "pytorch_outputs.json",
-                       "sha256": sha256_file(out_dir / "pytorch_outputs.json")}]
+        artifacts += [{"role": "polygraphy-inputs", "file": "inputs.json"},
+                      {"role": "polygraphy-reference-outputs", "file": "pytorch_outputs.json"}]
     else:
         step("parity check skipped (--no-check)")
     engine_info = None
@@ -296,8 +295,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         engine_info = _engine_step(step, say, options, library, onnx_path, fp16_path, plan, profile, loaded, out_dir)
         steps["engine_build"] = time.time() - t
         artifacts.append(engine_info["artifact"])
-        side_name = engine_info["artifact"]["file"] + ".json"
-        artifacts.append({"role": "engine-sidecar", "file": side_name, "sha256": sha256_file(out_dir / side_name)})
+        artifacts.append({"role": "engine-sidecar", "file": engine_info["artifact"]["file"] + ".json"})
         if options.check:
             t = time.time()
             engine_info["parity"] = _engine_parity(say, model, out_dir / engine_info["artifact"]["file"],
@@ -312,8 +310,9 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
             md.append(f"# Engine `{engine_info['artifact']['file']}`\n\n{engine_info['parity']['summary']}\n")
         atomic_write_text(out_dir / "parity.json", json.dumps(parity, indent=2) + "\n")
         atomic_write_text(out_dir / "parity.md", "\n".join(md))
-        artifacts += [{"role": "parity-report", "file": "parity.json", "sha256": sha256_file(out_dir / "parity.json")},
-                      {"role": "parity-report-md", "file": "parity.md", "sha256": sha256_file(out_dir / "parity.md")}]
+        artifacts += [{"role": "parity-report", "file": "parity.json"}, {"role": "parity-report-md", "file": "parity.md"}]
+    for a in artifacts:  # the manifest records every file's SHA-256 (those not hashed when written, now)
+        a.setdefault("sha256", sha256_file(out_dir / a["file"]))
     manifest = {
         "autotimm_deploy_version": __version__,
         "source": {"path": str(model_path), "sha256": loaded.sha256, "task": loaded.task, "config": loaded.config},
