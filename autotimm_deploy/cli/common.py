@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, List, Optional
 
 from ..errors import AutotimmError
@@ -14,6 +15,30 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors: exit 2 with one line, like AutotimmError
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, input_size: bool = False) -> None:
+    """What a model file may not record (AutoTimm checkpoints record no class names and no mean/std)."""
+    g = parser.add_argument_group("model", "for checkpoints that do not record them (AutoTimm .ckpt), or to override")
+    g.add_argument("--class-names", type=Path, metavar="FILE", default=None,
+                   help="class names: a JSON list or one name per line (default: the file's, else class_0, ...)")
+    g.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), default=None,
+                   help="normalisation mean in 0-1 (default: the file's, else ImageNet's)")
+    g.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), default=None,
+                   help="normalisation std in 0-1 (default: the file's, else ImageNet's)")
+    if input_size:
+        g.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                       help="static input size (default: the model file's; an AutoTimm checkpoint's datamodule image_size)")
+
+
+def model_overrides(args: argparse.Namespace):
+    """The :class:`~autotimm_deploy.models.io.ModelOverrides` of :func:`add_model_arguments`' flags."""
+    from ..models.io import ModelOverrides, read_class_names
+
+    size = getattr(args, "input_size", None)
+    return ModelOverrides(class_names=read_class_names(args.class_names) if args.class_names else None,
+                          input_size=tuple(size) if size else None,
+                          mean=tuple(args.mean) if args.mean else None, std=tuple(args.std) if args.std else None)
 
 
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:

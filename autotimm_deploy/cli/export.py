@@ -1,5 +1,10 @@
 """``autotimm-export MODEL [--out DIR] [--fp16] [--engine ...] ...``: model file -> verified ONNX and engines.
 
+MODEL is a model file written by autotimm_deploy.save_model (.pt / .safetensors), an AutoTimm
+checkpoint (.ckpt, e.g. best-*.ckpt of its ModelCheckpoint) or a Lightning log directory holding
+checkpoints/*.ckpt and hparams.yaml.  AutoTimm checkpoints record no class names (--class-names) and
+no mean/std (ImageNet's unless --mean/--std).
+
 Exit codes: 0 export done and parity passed, 1 parity failed, 2 usage or input error.
 """
 
@@ -13,7 +18,7 @@ from typing import List, Optional
 
 from ..engines.library import ENGINE_CHOICES, RTX_TARGETS
 from ..exporters.fp16 import DEFAULT_ISLANDS
-from .common import make_parser, run_main
+from .common import add_model_arguments, make_parser, model_overrides, run_main
 
 
 def _batch(text: str):
@@ -30,14 +35,13 @@ def _batch(text: str):
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("autotimm-export", __doc__)
-    p.add_argument("model", type=Path, help="model file written by autotimm_deploy.save_model (.pt or .safetensors)")
+    p.add_argument("model", type=Path, help="model file (.pt / .safetensors from autotimm_deploy.save_model), an AutoTimm "
+                                            ".ckpt, or a Lightning log directory with checkpoints/*.ckpt")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: <model stem>_export)")
     p.add_argument("--decode", choices=["raw", "activations", "boxes"], default="boxes",
                    help="what the graph computes: raw head outputs, activations, or fused boxes/scores (default)")
     p.add_argument("--topk", type=int, default=None, help="with --decode boxes: keep the K best candidates per image")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                   help="static input size (default: the model file's)")
     p.add_argument("--batch", type=_batch, default=(1, 1, 8), metavar="MIN:OPT:MAX",
                    help="batch range; dynamic batch unless MIN == MAX (default 1:1:8)")
     p.add_argument("--dynamic-hw", action="store_true", help="make input height and width dynamic")
@@ -46,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                    help="with --dynamic-hw: largest H W of the engine profile (default: twice the input size)")
     p.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
+    add_model_arguments(p, input_size=True)
     g = p.add_argument_group("FP16", "an FP16-typed ONNX with FP32 islands (TensorRT 11 and TensorRT-RTX are strongly typed)")
     g.add_argument("--fp16", action="store_true", help="write model.fp16.onnx, check it, and build an FP16 engine")
     g.add_argument("--fp16-input", action="store_true", help="FP16 input tensor instead of FP32 + Cast")
@@ -85,8 +90,9 @@ def _with_default(given, default):
 def _body(args: argparse.Namespace) -> int:
     from ..exporters.pipeline import ExportOptions, export_model
 
-    opts = ExportOptions(decode=args.decode, opset=args.opset,
-                         input_size=tuple(args.input_size) if args.input_size else None, batch=args.batch,
+    ov = model_overrides(args)
+    opts = ExportOptions(decode=args.decode, opset=args.opset, input_size=ov.input_size, class_names=ov.class_names,
+                         mean=ov.mean, std=ov.std, batch=args.batch,
                          dynamic_hw=args.dynamic_hw, topk=args.topk, check=not args.no_check,
                          min_size=tuple(args.min_size) if args.min_size else None,
                          max_size=tuple(args.max_size) if args.max_size else None,

@@ -1,6 +1,8 @@
 """``autotimm-infer ARTIFACT IMAGE... [--out DIR] [--backend ...] [--score-thr ...]``: detect or classify.
 
-ARTIFACT is an export directory (or its manifest.json), an .engine, an .onnx or a model file.
+ARTIFACT is an export directory (or its manifest.json), an .engine, an .onnx, a model file or an
+AutoTimm checkpoint.  Thresholds default to the model's own post-processing (an AutoTimm model's
+score_thresh / nms_thresh / max_detections_per_image; 0.05 / 0.6 / 100 for the seed's models).
 Writes ``DIR/detections.json`` (or ``classifications.json``) and one PNG per image with the boxes and
 labels drawn, and prints a short table.  An unreadable image gives one error line and the others
 still run.  Exit codes: 0 all images done, 2 usage error or any image failed.
@@ -15,7 +17,7 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from .common import make_parser, run_main
+from .common import add_model_arguments, make_parser, model_overrides, run_main
 
 _COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
             (240, 50, 230), (210, 245, 60)]
@@ -30,13 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: the engine where it can run, else ONNX Runtime (default)")
     p.add_argument("--precision", choices=["fp32", "fp16"], default=None,
                    help="with an export directory and ONNX Runtime: which ONNX to run")
-    p.add_argument("--score-thr", type=float, default=0.3, help="minimum score (default 0.3)")
-    p.add_argument("--iou-thr", type=float, default=0.6, help="NMS IoU threshold (default 0.6)")
-    p.add_argument("--max-det", type=int, default=100, help="detections per image (default 100)")
+    p.add_argument("--score-thr", type=float, default=None, help="minimum score (default: the model's)")
+    p.add_argument("--iou-thr", type=float, default=None, help="NMS IoU threshold (default: the model's)")
+    p.add_argument("--max-det", type=int, default=None, help="detections per image (default: the model's)")
     p.add_argument("--class-agnostic", action="store_true", help="NMS across classes")
     p.add_argument("--no-draw", action="store_true", help="do not write the PNG pictures")
     p.add_argument("--trust-engine-host-code", action="store_true",
                    help="let an engine run the host (CPU) code it embeds; off by default: only for engines you trust")
+    add_model_arguments(p)
     return p
 
 
@@ -64,14 +67,18 @@ def _body(args: argparse.Namespace) -> int:
     from ..engines.predictor import load, load_image
     from ..errors import AutotimmError
 
-    if not 0 <= args.score_thr <= 1 or not 0 < args.iou_thr <= 1 or args.max_det < 1:
+    if (args.score_thr is not None and not 0 <= args.score_thr <= 1) or (
+            args.iou_thr is not None and not 0 < args.iou_thr <= 1) or (args.max_det is not None and args.max_det < 1):
         raise AutotimmError("--score-thr must be in [0, 1], --iou-thr in (0, 1], --max-det >= 1")
     start = time.time()
-    predictor = load(args.artifact, args.backend, precision=args.precision, allow_host_code=args.trust_engine_host_code)
+    ov = model_overrides(args)
+    predictor = load(args.artifact, args.backend, precision=args.precision, allow_host_code=args.trust_engine_host_code,
+                     overrides=ov.to_dict() or None)
     print(f"backend: {predictor.describe()}", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
     records, failed = [], 0
     detection = predictor.info.task == "detection"
+    rule = predictor.info.family.postprocess
     print(f"\n{'image':<32} {'size':>9} {'n':>4}  {'top results'}")
     for path in args.images:
         try:
@@ -97,7 +104,12 @@ def _body(args: argparse.Namespace) -> int:
             _draw(image, result, args.out / f"{path.stem}.png")
     name = "detections.json" if detection else "classifications.json"
     doc = {"artifact": str(args.artifact), "backend": predictor.backend.name, "source": predictor.source,
-           "score_thr": args.score_thr, "iou_thr": args.iou_thr, "images": records}
+           "family": predictor.info.family.name, **({"postprocess": {
+               "candidates": rule.candidates, "pre_nms_top_k": rule.pre_nms_top_k,
+               "score_thr": rule.score_thresh if args.score_thr is None else args.score_thr,
+               "iou_thr": rule.iou_thresh if args.iou_thr is None else args.iou_thr,
+               "max_det": rule.max_detections if args.max_det is None else args.max_det}} if detection else {}),
+           "images": records}
     atomic_write_text(args.out / name, json.dumps(doc, indent=1) + "\n")
     print(f"\nwrote {args.out / name} ({len(records) - failed} ok, {failed} failed) in {time.time() - start:.1f}s")
     return 2 if failed else 0

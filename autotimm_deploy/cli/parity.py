@@ -23,12 +23,13 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .common import make_parser, run_main
+from .common import add_model_arguments, make_parser, model_overrides, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("autotimm-parity", __doc__)
-    p.add_argument("model", type=Path, help="the PyTorch model file (.pt / .safetensors) the artifacts came from")
+    p.add_argument("model", type=Path, help="the PyTorch model file (.pt / .safetensors) or AutoTimm checkpoint (.ckpt) "
+                                            "the artifacts came from")
     p.add_argument("artifacts", type=Path, nargs="+", help=".onnx, .engine (with its .json sidecar) or an export directory")
     src = p.add_argument_group("inputs (one of)")
     g = src.add_mutually_exclusive_group()
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--providers", nargs="+", default=["CPUExecutionProvider"],
                      help="ONNX Runtime execution providers for ONNX artifacts (default CPU: deterministic)")
     out.add_argument("-q", "--quiet", action="store_true", help="print only the verdict line")
+    add_model_arguments(p)  # default: what the artifacts' export was told
     return p
 
 
@@ -76,7 +78,8 @@ def _body(args: argparse.Namespace) -> int:
     say = (lambda s: None) if args.quiet else print
     result = check_artifacts(args.model, args.artifacts, data=args.data, random=args.random,
                              annotations=args.annotations, limit=args.limit, thresholds=thresholds, batch=args.batch,
-                             seed=args.seed, providers=args.providers, strict=args.strict, progress=say)
+                             seed=args.seed, providers=args.providers, strict=args.strict, progress=say,
+                             overrides=model_overrides(args) if (args.class_names or args.mean or args.std) else None)
     for path in write_reports(result, args.report, args.junit):
         say(f"wrote {path}")
     if args.summary is not None:

@@ -89,14 +89,15 @@ class OnnxRuntimeBackend(Backend):
 
 
 class TorchBackend(Backend):
-    """The PyTorch model file itself (CPU, FP32, eager): the reference.  Returns raw head outputs
-    (or ``logits``), decoded by the same post-processing as every other backend."""
+    """The PyTorch model file or AutoTimm checkpoint itself (CPU, FP32, eager): the reference.  Returns raw
+    head outputs (or ``logits``), decoded by the same post-processing as every other backend."""
 
-    def __init__(self, model_path: str | Path, decode_mode: str = "raw"):
-        from ..models.io import load_model_file
+    def __init__(self, model_path: str | Path, decode_mode: str = "raw", overrides=None):
+        from ..models.io import ModelOverrides, load_model_file
 
         self.path = Path(model_path)
-        self.loaded = load_model_file(self.path)
+        self.overrides = overrides if isinstance(overrides, ModelOverrides) else ModelOverrides.from_dict(overrides)
+        self.loaded = load_model_file(self.path, self.overrides)
         self.decode_mode = decode_mode
         self.name = "pytorch (eager, CPU, FP32)"
 
@@ -113,7 +114,7 @@ class TorchBackend(Backend):
         return out
 
     def clone(self) -> "TorchBackend":
-        return TorchBackend(self.path, self.decode_mode)
+        return TorchBackend(self.path, self.decode_mode, self.overrides)
 
 
 class EngineBackend(Backend):

@@ -10,10 +10,12 @@
 ('pytorch (eager, CPU, FP32)', True)
 
 Every backend shares one contract: ``infer(dict of arrays) -> dict of arrays`` on network inputs,
-and ``predict(images)``: letterbox to the network size (aspect kept, top-left, padded with the mean
-colour), normalise with the recorded mean/std, cast to the input dtype, run in batches that fit
-the batch range, decode whatever the graph did not fuse, NMS, and boxes mapped back to the original
-image pixels.  Classifiers return class probabilities.
+and ``predict(images)``: resize to the network size as the model family declares (letterbox: aspect
+kept, top-left or centred, padded with the mean colour or a fixed one; or resize + centre crop),
+normalise with the recorded mean/std, cast to the input dtype, run in batches that fit the batch
+range, decode whatever the graph did not fuse, post-process with the family's rule (per-class or
+argmax candidates, thresholds recorded with the model), and boxes mapped back to the original image
+pixels.  Classifiers return class probabilities (softmax, or sigmoid for multi-label families).
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import AutotimmError, EngineIncompatible
+from ..models.family import Family, Preprocess, family_from_metadata
 from .backends import Backend, EngineBackend, OnnxRuntimeBackend, TorchBackend, onnxruntime_providers
 
 __all__ = ["ArtifactInfo", "Detections", "Classification", "Predictor", "load", "load_image", "Letterbox",
-           "letterbox_images"]
+           "letterbox_images", "probabilities"]
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
 
@@ -48,6 +51,12 @@ class ArtifactInfo:
     batch: Tuple[int, int] = (1, 1 << 30)  # min, max
     dynamic_hw: bool = False
     hw_range: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None
+    family: Optional[Family] = None  # None: the seed's family for the task
+    overrides: Dict = field(default_factory=dict)  # what the export was told that the model file does not record
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = family_from_metadata({"task": self.task})
 
     @classmethod
     def from_metadata(cls, meta: Dict[str, str], batch: Tuple[int, int] = (1, 1 << 30),
@@ -61,19 +70,22 @@ class ArtifactInfo:
         return cls(task=meta["task"], class_names=j("class_names") or [f"class_{i}" for i in range(num)],
                    input_size=tuple(j("input_size")), mean=tuple(j("mean")), std=tuple(j("std")),
                    decode=meta.get("decode", "raw"), strides=tuple(j("strides", [])), batch=batch,
-                   dynamic_hw=bool(j("dynamic_hw", False)), hw_range=hw_range)
+                   dynamic_hw=bool(j("dynamic_hw", False)), hw_range=hw_range, family=family_from_metadata(meta),
+                   overrides=j("overrides", {}))
 
 
 @dataclass
 class Letterbox:
-    """How an image was placed in the network input: ``x_net = x_img * scale`` (top-left aligned)."""
+    """How an image was placed in the network input: ``x_net = x_img * scale + (pad_x, pad_y)``."""
 
     scale: float
     width: int  # original image size
     height: int
+    pad_x: float = 0.0
+    pad_y: float = 0.0
 
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
-        out = boxes / self.scale
+        out = (boxes - np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)) / self.scale
         out[:, 0::2] = out[:, 0::2].clip(0, self.width)
         out[:, 1::2] = out[:, 1::2].clip(0, self.height)
         return out
@@ -137,32 +149,56 @@ def load_image(image: ImageLike) -> np.ndarray:
 
 
 def letterbox_images(images: Sequence[np.ndarray], size: Tuple[int, int], mean: Sequence[float],
-                     std: Sequence[float]) -> Tuple[np.ndarray, List[Letterbox]]:
-    """Letterbox uint8 HxWx3 images into ``size`` (aspect kept, top-left, padded with the mean colour) and
-    normalise: float32 (B, 3, H, W) and where each image went.
+                     std: Sequence[float], preprocess: Optional[Preprocess] = None) -> Tuple[np.ndarray, List[Letterbox]]:
+    """Resize uint8 HxWx3 images into ``size`` as ``preprocess`` says (default: letterbox, top-left, mean-colour
+    padding) and normalise: float32 (B, 3, H, W) and where each image went.
 
     >>> batch, boxes = letterbox_images([np.zeros((50, 100, 3), np.uint8)], (64, 64), (0.5,) * 3, (0.25,) * 3)
     >>> batch.shape, boxes[0].scale, float(batch[0, 0, 0, 0]), float(batch[0, 0, 63, 0])
     ((1, 3, 64, 64), 0.64, -2.0, 0.0)
+    >>> centred = Preprocess(align="center", fill=(114, 114, 114))
+    >>> _, boxes = letterbox_images([np.zeros((50, 100, 3), np.uint8)], (64, 64), (0.5,) * 3, (0.25,) * 3, centred)
+    >>> boxes[0].pad_x, boxes[0].pad_y
+    (0, 16)
     """
     from PIL import Image
 
+    pre = preprocess or Preprocess()
     th, tw = size
     mean = np.asarray(mean, np.float32)
     std = np.asarray(std, np.float32)
+    fill = mean if pre.fill is None else np.asarray(pre.fill, np.float32) / 255.0
     batch = np.empty((len(images), 3, th, tw), np.float32)
     boxes = []
     for k, img in enumerate(images):
         h, w = img.shape[:2]
-        scale = min(th / h, tw / w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        if pre.resize == "resize_crop":  # torchvision Resize(shorter side) + CenterCrop, AutoTimm's classifier eval
+            short = int(min(th, tw) / pre.crop_fraction)
+            nh, nw = (int(short * h / w), short) if w <= h else (short, int(short * w / h))
+            scale = short / min(h, w)
+            px, py = -int(round((nw - tw) / 2.0)), -int(round((nh - th) / 2.0))
+        else:
+            scale = min(th / h, tw / w)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+            px, py = ((tw - nw) // 2, (th - nh) // 2) if pre.align == "center" else (0, 0)
         resized = img if (nh, nw) == (h, w) else np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
         canvas = np.empty((th, tw, 3), np.float32)
-        canvas[...] = mean  # padding normalises to 0
-        canvas[:nh, :nw] = resized.astype(np.float32) / 255.0
+        canvas[...] = fill
+        ys, xs = max(py, 0), max(px, 0)
+        ye, xe = min(py + nh, th), min(px + nw, tw)
+        canvas[ys:ye, xs:xe] = resized[ys - py:ye - py, xs - px:xe - px].astype(np.float32) / 255.0
         batch[k] = ((canvas - mean) / std).transpose(2, 0, 1)
-        boxes.append(Letterbox(scale, w, h))
+        boxes.append(Letterbox(scale, w, h, px, py))
     return batch, boxes
+
+
+def probabilities(logits: np.ndarray, family: Family) -> np.ndarray:
+    """A classifier's probabilities (B, C) from its logits, by the family's activation (softmax or sigmoid)."""
+    x = np.asarray(logits, np.float64)
+    if family.output("logits").activation == "sigmoid":
+        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 class Predictor:
@@ -185,14 +221,17 @@ class Predictor:
         return tuple(info.input_size)
 
     def preprocess(self, images: Sequence[np.ndarray], size: Tuple[int, int]) -> Tuple[np.ndarray, List[Letterbox]]:
-        """Letterbox each image into ``size`` and normalise: (B, 3, H, W) in the backend's input dtype."""
-        batch, boxes = letterbox_images(images, size, self.info.mean, self.info.std)
+        """Resize each image into ``size`` as the family declares and normalise: (B, 3, H, W) in the backend's
+        input dtype."""
+        batch, boxes = letterbox_images(images, size, self.info.mean, self.info.std, self.info.family.preprocess)
         return batch.astype(self.backend.input_dtype, copy=False), boxes
 
-    def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thresh: float = 0.05,
-                iou_thresh: float = 0.6, max_detections: int = 100,
+    def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thresh: Optional[float] = None,
+                iou_thresh: Optional[float] = None, max_detections: Optional[int] = None,
                 class_agnostic: bool = False) -> List[Union[Detections, Classification]]:
-        """Run on one image or a list; returns one result per image, in order."""
+        """Run on one image or a list; returns one result per image, in order.  Thresholds left ``None`` are
+        the model's own (``info.family.postprocess``: an AutoTimm checkpoint's score/NMS thresholds and
+        maximum detections; 0.05 / 0.6 / 100 for the seed's models)."""
         from ..models.decode import postprocess_outputs
 
         if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "convert"):
@@ -212,14 +251,12 @@ class Predictor:
                     batch = np.concatenate([batch] + [batch[-1:]] * (lo - n))
                 out = self.backend.infer({self.backend.input_name: batch})
                 if self.info.task == "classification":
-                    logits = np.asarray(out["logits"], np.float64)[:n]
-                    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-                    for i, p in zip(chunk, e / e.sum(axis=1, keepdims=True)):
-                        results[i] = Classification(p.astype(np.float32), list(self.info.class_names))
+                    for i, p in zip(chunk, probabilities(np.asarray(out["logits"])[:n], self.info.family)):
+                        results[i] = Classification(p, list(self.info.class_names))
                     continue
                 out = {k: np.asarray(v)[:n] for k, v in out.items()}
                 dets = postprocess_outputs(out, self.info.decode, self.info.strides, size, score_thresh, iou_thresh,
-                                           max_detections, class_agnostic)
+                                           max_detections, class_agnostic, family=self.info.family)
                 for i, d, lb in zip(chunk, dets, boxes):
                     names = [self.info.class_names[int(l)] for l in d["labels"]]
                     results[i] = Detections(lb.to_image(d["boxes"].astype(np.float32)), d["scores"], d["labels"],
@@ -257,12 +294,12 @@ def _model_file_info(backend: TorchBackend) -> ArtifactInfo:
     size = meta.get("input_size") or [224, 224]
     strides = tuple(getattr(loaded.model, "strides", ()))
     return ArtifactInfo(loaded.task, list(meta["class_names"]), tuple(size), tuple(meta["mean"]), tuple(meta["std"]),
-                        "raw", strides, dynamic_hw=False)
+                        "raw", strides, dynamic_hw=False, family=loaded.family, overrides=meta.get("overrides", {}))
 
 
 def load(path: str | Path, backend: str = "auto", precision: Optional[str] = None,
          providers: Optional[Sequence[str]] = None, cuda_graphs: bool = False,
-         allow_host_code: bool = False) -> Predictor:
+         allow_host_code: bool = False, overrides: Optional[Dict] = None) -> Predictor:
     """A :class:`Predictor` for ``path``: an export directory or its ``manifest.json``, an ``.engine``,
     an ``.onnx`` or a model file (``.pt``/``.safetensors``).
 
@@ -272,6 +309,8 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
     (the export's source model file).  ``predictor.why`` says what was chosen and why.
     Engines are checked in a child process before they are deserialised (:mod:`.probe`) and their host
     code stays disallowed unless ``allow_host_code=True``: set it only for engines you built or trust.
+    ``overrides`` (a model file or checkpoint only): class names, input size, mean/std the file does not
+    record, as :class:`~autotimm_deploy.models.io.ModelOverrides` fields.
     """
     from .load import check_engine, engine_runnable
 
@@ -280,7 +319,13 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
     path = Path(path)
     if not path.exists():
         raise AutotimmError(f"{path}: no such file or directory")
-    if path.is_dir() or path.name == "manifest.json":
+    model_file = path.suffix.lower() in (".pt", ".pth", ".safetensors", ".ckpt")
+    checkpoint_dir = path.is_dir() and not (path / "manifest.json").exists() and (
+        any(path.glob("*.ckpt")) or any(path.glob("checkpoints/*.ckpt")))  # a Lightning log directory
+    if overrides and not (model_file or checkpoint_dir):
+        raise AutotimmError(f"{path}: class names, input size and mean/std are recorded in an export; they can be given "
+                            "only for a model file or checkpoint (re-export with them)")
+    if (path.is_dir() and not checkpoint_dir) or path.name == "manifest.json":
         d = path if path.is_dir() else path.parent
         mpath = d / "manifest.json"
         if not mpath.exists():
@@ -301,7 +346,8 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
             raise AutotimmError(f"{d}: the export has no engine (exported with --engine none?)")
         if backend == "pytorch":
             src = Path(manifest["source"]["path"])
-            return load(src, "pytorch")._with(str(src), "the export's source model file")
+            return load(src, "pytorch", overrides=manifest["source"].get("overrides"))._with(
+                str(src), "the export's source model file")
         cuda = "CUDAExecutionProvider" in (providers or onnxruntime_providers())
         want16 = precision == "fp16" or (precision is None and cuda)
         role = "onnx-fp16" if want16 and "onnx-fp16" in arts else "onnx"
@@ -321,10 +367,10 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
             raise AutotimmError(f"{path} is an ONNX file: use backend onnxruntime (or auto)")
         be = OnnxRuntimeBackend(path, providers)
         return Predictor(be, _onnx_info(path), str(path), "ONNX Runtime")
-    if suffix in (".pt", ".pth", ".safetensors"):
+    if model_file or checkpoint_dir:
         if backend not in ("auto", "pytorch"):
             raise AutotimmError(f"{path} is a model file: use backend pytorch (or auto)")
-        be = TorchBackend(path)
+        be = TorchBackend(path, overrides=overrides)
         return Predictor(be, _model_file_info(be), str(path), "PyTorch reference")
     raise AutotimmError(f"{path}: unknown artifact type {suffix!r}; expected an export directory, manifest.json, "
-                        ".engine, .onnx, .pt or .safetensors")
+                        ".engine, .onnx, .pt, .safetensors or an AutoTimm .ckpt")

@@ -15,8 +15,8 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ExportError
-from ..models.decode import DECODING_CONVENTION
-from ..models.detector import ObjectDetector
+from ..models.families import SEED_FCOS
+from ..models.family import LEVELS
 from ..models.io import LoadedModel
 
 __all__ = [
@@ -31,20 +31,19 @@ __all__ = [
 ]
 
 DEFAULT_OPSET = 17
-LEVELS = ("p3", "p4", "p5", "p6", "p7")
 
 
-def detector_output_names(num_levels: int = 5) -> List[str]:
-    """``cls_p3..cls_p7, bbox_p3..bbox_p7, ctr_p3..ctr_p7``: the raw-output contract for runtimes."""
-    lv = LEVELS[:num_levels]
-    return [f"cls_{l}" for l in lv] + [f"bbox_{l}" for l in lv] + [f"ctr_{l}" for l in lv]
+def detector_output_names(num_levels: int = 5, family=SEED_FCOS) -> List[str]:
+    """The raw-output contract for runtimes: ``<key>_p3..`` per output of the family (the seed's:
+    ``cls_p3..cls_p7, bbox_p3..bbox_p7, ctr_p3..ctr_p7``)."""
+    return family.output_names(num_levels)
 
 
 def max_stride(model: nn.Module) -> int:
-    """Largest stride of the backbone (32 for the usual timm backbones)."""
-    if isinstance(model, ObjectDetector):
-        return int(model.backbone.feature_info.reduction()[-1])
+    """Largest stride of the backbone (32 for the usual timm backbones), from timm's ``feature_info``."""
     info = getattr(model.backbone, "feature_info", None)
+    if hasattr(info, "reduction"):  # features_only backbones (detectors)
+        return int(info.reduction()[-1])
     if info:
         return int(info[-1]["reduction"])
     return 32
@@ -124,8 +123,9 @@ def export_onnx(loaded: LoadedModel, config: ExportConfig) -> onnx.ModelProto:
     model = loaded.model.eval()
     stride = max_stride(model)
     h, w = check_input_size(config.input_size, stride)
-    is_det = loaded.task == "detection"
-    output_names = detector_output_names() if is_det else ["logits"]
+    family = loaded.family
+    is_det = family.task == "detection"
+    output_names = family.output_names(len(model.strides) if is_det else 0)
     dynamic_axes: Dict[str, Dict[int, str]] = {}
     if config.dynamic_batch or config.dynamic_hw:
         in_axes: Dict[int, str] = {}
@@ -144,8 +144,12 @@ def export_onnx(loaded: LoadedModel, config: ExportConfig) -> onnx.ModelProto:
     # an eval-mode view: the legacy exporter restores the *wrapper's* mode recursively afterwards,
     # so a train-mode wrapper would flip the user's model (and its BatchNorms) into training mode
     view = _ExportView(model).eval()
-    with torch.no_grad():
-        ref = view(dummy)
+    try:
+        with torch.no_grad():
+            ref = view(dummy)
+    except Exception as exc:  # e.g. GroupNorm with one value per group on a 1x1 P7 map
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"the model does not run in PyTorch at input {tuple(dummy.shape)}: {first}") from exc
     ref = ref if isinstance(ref, tuple) else (ref,)
     buf = io.BytesIO()
     try:
@@ -201,9 +205,13 @@ def build_metadata(loaded: LoadedModel, config: ExportConfig, size: Tuple[int, i
         "source_sha256": loaded.sha256,
         "decode": "raw",
     }
-    if isinstance(model, ObjectDetector):
+    if loaded.metadata.get("overrides"):  # what the user said that the model file does not record
+        meta["overrides"] = json.dumps(loaded.metadata["overrides"], sort_keys=True)
+    family = loaded.family
+    meta["family"] = family.to_json()
+    meta["decoding_convention"] = json.dumps(family.convention_dict(), sort_keys=True)
+    if family.task == "detection":
         meta["strides"] = json.dumps(list(model.strides))
-        meta["decoding_convention"] = json.dumps(DECODING_CONVENTION, sort_keys=True)
     meta.update(config.metadata)
     return meta
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,10 +23,10 @@ from .. import __version__
 from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove_file, sha256_file
 from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
-from ..models.io import LoadedModel, load_model_file
+from ..models.io import LoadedModel, ModelOverrides, load_model_file
 from .onnx_export import DEFAULT_OPSET, ExportConfig, check_input_size, export_onnx, max_stride
 from .fp16 import DEFAULT_ISLANDS, Fp32Islands
-from .surgery import DECODE_MODES, apply_decode
+from .surgery import DECODE_MODES, apply_decode, static_level_sizes
 
 __all__ = ["ExportOptions", "export_model", "parity_feeds", "level_sizes", "provenance"]
 
@@ -60,6 +61,10 @@ class ExportOptions:
     workspace_mib: Optional[int] = None
     cache: bool = True
     cache_dir: Optional[str] = None
+    # what the model file does not record (AutoTimm checkpoints: class names, mean/std)
+    class_names: Optional[Tuple[str, ...]] = None
+    mean: Optional[Tuple[float, float, float]] = None
+    std: Optional[Tuple[float, float, float]] = None
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_MODES:
@@ -75,6 +80,12 @@ class ExportOptions:
             raise ExportError("--min-size/--max-size set the engine's H/W range and need --dynamic-hw")
         if self.fp16_input and not self.fp16:
             raise ExportError("--fp16-input needs --fp16")
+
+    def overrides(self) -> ModelOverrides:
+        """What these options say about the model itself (input size, class names, normalisation)."""
+        return ModelOverrides(class_names=tuple(self.class_names) if self.class_names else None,
+                              input_size=tuple(self.input_size) if self.input_size else None,
+                              mean=tuple(self.mean) if self.mean else None, std=tuple(self.std) if self.std else None)
 
     def islands(self) -> Fp32Islands:
         return Fp32Islands(op_types=tuple(self.fp32_ops) if self.fp32_ops is not None else DEFAULT_ISLANDS.op_types,
@@ -135,7 +146,7 @@ def parity_feeds(loaded: LoadedModel, size: Tuple[int, int], options: ExportOpti
     if options.demo_images:
         n = min(options.demo_images, hi)
         base = SPLIT_SEEDS["val"]
-        if loaded.task == "detection":
+        if loaded.family.task == "detection":
             imgs = [render_detection_sample(base + k, size=max(h, w))[0][:h, :w] for k in range(n)]
         else:
             imgs = [render_classification_sample(base + k, size=max(h, w))[0][:h, :w] for k in range(n)]
@@ -200,21 +211,18 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     options = options if options is not None else ExportOptions()
     say = progress or (lambda s: None)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cleanup_tmp(out_dir)  # what a killed export left behind (one export per output folder at a time)
     step = _Steps(say, 4 + options.fp16 + (options.engine != "none"))
     steps: Dict[str, float] = {}
     t0 = time.time()
     step(f"loading {model_path}")
-    loaded = load_model_file(model_path)
+    loaded = load_model_file(model_path, options.overrides())
     steps["load"] = time.time() - t0
-    model = loaded.model
-    stride = max_stride(model)
-    size = options.input_size or loaded.metadata.get("input_size")
+    stride = max_stride(loaded.model)
+    size = loaded.metadata.get("input_size")
     if size is None:
         raise ExportError(f"{model_path} records no input size; pass --input-size H W")
     size = check_input_size(size, stride)
-    if loaded.task != "detection" and (options.decode == "activations" or options.topk):
+    if loaded.family.task != "detection" and (options.decode == "activations" or options.topk):
         raise ExportError("--decode activations and --topk apply to detectors only; a classifier exports `logits`")
     profile = engine_profile(size, options, stride)  # validates --min-size/--max-size before any work
     library = None
@@ -222,6 +230,23 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         from ..engines.library import select_library
 
         library = select_library(options.engine)  # an unusable --engine fails now, not after the export
+    # every refusal above leaves no folder behind; a folder this run creates goes again if the run fails
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export(loaded, model_path, out_dir, size, stride, profile, library, options, step, say, steps)
+    except BaseException:
+        if created:
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int], stride: int, profile, library,
+            options: ExportOptions, step: "_Steps", say, steps: Dict[str, float]) -> Dict:
+    cleanup_tmp(out_dir)  # what a killed export left behind (one export per output folder at a time)
+    model = loaded.model
+    family = loaded.family
+    detection = family.task == "detection"
     lo, opt, hi = options.batch
     prov = provenance(options)
     onnx_prov = provenance(options, onnx_only=True)
@@ -242,11 +267,12 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     artifacts.append({"role": "onnx-raw", "file": raw_path.name, "precision": "fp32", "decode": "raw", **_io_info(raw),
                       "sha256": sha256_file(raw_path)})
     t = time.time()
-    decode = options.decode if loaded.task == "detection" else "raw"
-    step(f"graph surgery: decode={decode}" + (f", top-k {options.topk}" if options.topk else ""))
-    if loaded.task == "detection":
-        static_hw = None if options.dynamic_hw else level_sizes(size, model.strides)
-        fused = apply_decode(raw, decode, model.strides, model.num_classes, static_hw, options.topk)
+    decode = options.decode if detection else "raw"
+    step(f"graph surgery: decode={decode}" + (f", top-k {options.topk}" if options.topk else "")
+         + (f" ({family.name}: {family.convention})" if detection else ""))
+    if detection:
+        static_hw = None if options.dynamic_hw else static_level_sizes(raw)
+        fused = apply_decode(raw, decode, model.strides, model.num_classes, static_hw, options.topk, family)
     else:
         fused = raw
     steps["surgery"] = time.time() - t
@@ -315,7 +341,10 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         a.setdefault("sha256", sha256_file(out_dir / a["file"]))
     manifest = {
         "autotimm_deploy_version": __version__,
-        "source": {"path": str(model_path), "sha256": loaded.sha256, "task": loaded.task, "config": loaded.config},
+        "source": {"path": str(model_path), "sha256": loaded.sha256, "task": loaded.task, "config": loaded.config,
+                   "overrides": options.overrides().to_dict(), **({"autotimm": loaded.metadata["autotimm"]}
+                                                                  if "autotimm" in loaded.metadata else {})},
+        "family": family.to_dict(),
         "input_size": list(size),
         "batch": list(options.batch),
         "dynamic_hw": options.dynamic_hw,
@@ -328,7 +357,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     }
     if plan is not None:
         manifest["fp16"] = plan.to_dict()
-    if loaded.task == "detection":
+    if detection:
         manifest["strides"] = list(model.strides)
     manifest["class_names"] = loaded.metadata.get("class_names")
     atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # written last

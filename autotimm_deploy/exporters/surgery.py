@@ -1,11 +1,14 @@
-"""Graph-surgery passes (onnx-graphsurgeon) that fuse the FCOS decoding into the exported graph.
+"""Graph-surgery passes (onnx-graphsurgeon) that fuse a detector family's decoding into the exported graph.
 
 Each pass is a small named function ``pass(graph, ...) -> graph`` that edits a
 :class:`onnx_graphsurgeon.Graph` in place in three steps: disconnect the raw output, insert
-the new nodes, then ``cleanup().toposort()``.
+the new nodes, then ``cleanup().toposort()``.  What the nodes compute comes from the model's
+:class:`~autotimm_deploy.models.family.Family` (recorded in the ONNX metadata as ``family``): each
+raw output's activation and clamp, which output holds the distances, which outputs multiply into scores.
 
-- :func:`add_activations`: ``Sigmoid`` on ``cls_p*`` and ``ctr_p*``, ``Clip(max=BBOX_LOG_CLAMP)`` +
-  ``Exp`` on ``bbox_p*``; outputs keep their names (values become probabilities / pixel distances).
+- :func:`add_activations`: each raw output's activation (``Sigmoid`` on class and centerness logits,
+  ``Min(x, clamp)`` + ``Exp`` on the seed's log-distances, nothing on pixel distances); outputs keep
+  their names (values become probabilities / pixel distances).
 - :func:`add_box_decode`: the full decode of :mod:`autotimm_deploy.models.decode`: outputs
   ``boxes`` (B, N, 4) xyxy in input pixels and ``scores`` (B, N, num_classes).
 - :func:`add_topk`: keep the K candidates with the best class score per image.
@@ -23,8 +26,10 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import ExportError
-from ..models.decode import BBOX_LOG_CLAMP, anchor_points
-from .onnx_export import LEVELS, reinfer_shapes
+from ..models.decode import anchor_points
+from ..models.families import SEED_FCOS
+from ..models.family import Family, RawOutput, family_from_metadata
+from .onnx_export import LEVELS, get_metadata, reinfer_shapes
 
 __all__ = [
     "import_graph",
@@ -33,6 +38,7 @@ __all__ = [
     "add_box_decode",
     "add_topk",
     "apply_decode",
+    "static_level_sizes",
     "DECODE_MODES",
 ]
 
@@ -88,25 +94,33 @@ def _single(graph: gs.Graph, op: str, inputs, name: str, attrs=None, dtype=np.fl
     return out
 
 
-def _clip_exp(graph: gs.Graph, x: gs.Variable, name: str, out: Optional[gs.Variable] = None) -> gs.Variable:
-    """``Exp(Min(x, BBOX_LOG_CLAMP))``: pixel distances that cannot overflow FP16."""
-    hi = gs.Constant(f"{name}/clamp_max", np.array(BBOX_LOG_CLAMP, dtype=np.float32))
-    clipped = _single(graph, "Min", [x, hi], f"{name}/clamped")
+_ONNX_ACTIVATION = {"sigmoid": "Sigmoid", "exp": "Exp", "softmax": "Softmax", "identity": "Identity"}
+
+
+def _activate(graph: gs.Graph, x: gs.Variable, output: RawOutput, name: str,
+              out: Optional[gs.Variable] = None) -> gs.Variable:
+    """``output``'s activation on ``x`` (``Min(x, clamp_max)`` first when declared); into ``out`` if given.
+    The seed's ``Exp(Min(x, 10))`` gives pixel distances that cannot overflow FP16."""
+    if output.clamp_max is not None:
+        hi = gs.Constant(f"{name}/clamp_max", np.array(output.clamp_max, dtype=np.float32))
+        x = _single(graph, "Min", [x, hi], f"{name}/clamped")
+    op = _ONNX_ACTIVATION[output.activation]
+    attrs = {"axis": 1} if op == "Softmax" else {}
     if out is None:
-        return _single(graph, "Exp", [clipped], f"{name}/exp")
-    graph.layer(op="Exp", name=f"{out.name}/Exp", inputs=[clipped], outputs=[out])
+        return x if op == "Identity" else _single(graph, op, [x], f"{name}/{op.lower()}", attrs=attrs)
+    graph.layer(op=op, name=f"{out.name}/{op}", inputs=[x], outputs=[out], attrs=attrs)
     return out
 
 
-def add_activations(graph: gs.Graph) -> gs.Graph:
-    """Sigmoid on cls/ctr, Clip(max) + Exp on bbox; each output keeps its name."""
-    for prefix in ("cls", "ctr", "bbox"):
-        for out in _level_outputs(graph, prefix):
+def add_activations(graph: gs.Graph, family: Family = SEED_FCOS) -> gs.Graph:
+    """Each raw output's activation as ``family`` declares it; every output keeps its name.  Outputs whose
+    activation is the identity (already pixel distances) are left as they are."""
+    for output in family.outputs:
+        if output.activation == "identity" and output.clamp_max is None:
+            continue
+        for out in _level_outputs(graph, output.key):
             new = _detach(graph, out, "logits")
-            if prefix == "bbox":
-                _clip_exp(graph, out, out.name, new)
-            else:
-                graph.layer(op="Sigmoid", name=f"{new.name}/Sigmoid", inputs=[out], outputs=[new])
+            _activate(graph, out, output, new.name, new)
     return graph.cleanup().toposort()
 
 
@@ -154,17 +168,20 @@ def add_box_decode(
     strides: Sequence[int],
     num_classes: int,
     static_hw: Optional[Sequence[Tuple[int, int]]] = None,
+    family: Family = SEED_FCOS,
 ) -> gs.Graph:
-    """Replace the 15 raw outputs with ``boxes`` (B, N, 4) and ``scores`` (B, N, num_classes).
+    """Replace the raw per-level outputs with ``boxes`` (B, N, 4) and ``scores`` (B, N, num_classes),
+    decoded as ``family`` declares.
 
     ``static_hw`` lists each level's (H, W) when the input size is static: anchor points and the
     clip bounds are then folded to constants; otherwise they are computed from runtime shapes.
     """
-    cls_outs = _level_outputs(graph, "cls")
-    box_outs = _level_outputs(graph, "bbox")
-    ctr_outs = _level_outputs(graph, "ctr")
-    if not (len(cls_outs) == len(box_outs) == len(ctr_outs) == len(strides)):
-        raise ExportError("box decode needs cls, bbox and ctr outputs for every stride")
+    per_key = {o.key: _level_outputs(graph, o.key) for o in family.outputs}
+    if any(len(v) != len(strides) for v in per_key.values()):
+        found = ", ".join(f"{k}: {len(v)}" for k, v in per_key.items())
+        raise ExportError(f"box decode needs {', '.join(family.keys)} outputs for every stride (found {found}; "
+                          f"strides {list(strides)})")
+    ltrb = family.output("ltrb")
     images = graph.inputs[0]
     if static_hw is None:
         ishape = _single(graph, "Shape", [images], "decode/input_shape", dtype=np.int64)
@@ -176,24 +193,25 @@ def add_box_decode(
         limits = gs.Constant("decode/whwh", np.array([iw, ih, iw, ih], dtype=np.float32))
     zero = gs.Constant("decode/zero", np.array(0.0, dtype=np.float32))
     level_boxes, level_scores = [], []
-    for k, (cls, box, ctr, stride) in enumerate(zip(cls_outs, box_outs, ctr_outs, strides)):
+    for k, stride in enumerate(strides):
         lv = LEVELS[k]
-        graph.outputs.remove(cls)
-        graph.outputs.remove(box)
-        graph.outputs.remove(ctr)
+        for outs in per_key.values():
+            graph.outputs.remove(outs[k])
         if static_hw is None:
-            pxyxy = _points_dynamic(graph, cls, stride, lv)
+            pxyxy = _points_dynamic(graph, per_key[family.keys[0]][k], stride, lv)
         else:
             pxyxy = _points_const(graph, *static_hw[k], stride, lv)
-        dist = _to_bnc(graph, _clip_exp(graph, box, f"decode_{lv}/dist"), 4, f"decode_{lv}/dist")  # (B, HW, 4)
+        dist = _activate(graph, per_key[ltrb.key][k], ltrb, f"decode_{lv}/dist")
+        dist = _to_bnc(graph, dist, 4, f"decode_{lv}/dist")  # (B, HW, 4)
         sign = gs.Constant(f"decode_{lv}/sign", np.array([-1, -1, 1, 1], dtype=np.float32))
         raw_boxes = _single(graph, "Add", [pxyxy, _single(graph, "Mul", [dist, sign], f"decode_{lv}/signed")],
                             f"decode_{lv}/raw_boxes")
         clipped = _single(graph, "Min", [_single(graph, "Max", [raw_boxes, zero], f"decode_{lv}/lo"), limits],
                           f"decode_{lv}/boxes")
-        prob = _single(graph, "Mul", [_single(graph, "Sigmoid", [cls], f"decode_{lv}/cls_prob"),
-                                      _single(graph, "Sigmoid", [ctr], f"decode_{lv}/ctr_prob")],
-                       f"decode_{lv}/prob")
+        prob = None
+        for key in family.score:  # the product of the activated score outputs, in the declared order
+            p = _activate(graph, per_key[key][k], family.output_by_key(key), f"decode_{lv}/{key}_prob")
+            prob = p if prob is None else _single(graph, "Mul", [prob, p], f"decode_{lv}/prob_{key}")
         level_boxes.append(clipped)
         level_scores.append(_to_bnc(graph, prob, num_classes, f"decode_{lv}/scores"))
     boxes = _single(graph, "Concat", level_boxes, "boxes", attrs={"axis": 1})
@@ -241,6 +259,19 @@ def add_topk(graph: gs.Graph, k: int) -> gs.Graph:
     return graph.cleanup().toposort()
 
 
+def static_level_sizes(model: onnx.ModelProto) -> Optional[List[Tuple[int, int]]]:
+    """Each level's (H, W) as the exported network produces it (read from the raw graph's output shapes,
+    not from a formula), or ``None`` when a level's size is symbolic (dynamic H/W)."""
+    family = family_from_metadata(get_metadata(model))
+    first = family.keys[0]
+    dims = {o.name: [d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
+            for o in model.graph.output}
+    sizes = [dims[f"{first}_{lv}"][2:4] for lv in LEVELS if f"{first}_{lv}" in dims]
+    if not sizes or any(len(s) != 2 or None in s for s in sizes):
+        return None
+    return [(int(h), int(w)) for h, w in sizes]
+
+
 def apply_decode(
     model: onnx.ModelProto,
     mode: str,
@@ -248,17 +279,20 @@ def apply_decode(
     num_classes: int,
     static_hw: Optional[Sequence[Tuple[int, int]]] = None,
     topk: Optional[int] = None,
+    family: Optional[Family] = None,
 ) -> onnx.ModelProto:
-    """Run the passes for ``mode`` ("raw", "activations" or "boxes", optionally + top-k) and return a checked model."""
+    """Run the passes for ``mode`` ("raw", "activations" or "boxes", optionally + top-k) and return a checked
+    model.  ``family`` defaults to the one the model's metadata declares."""
     if mode not in DECODE_MODES:
         raise ExportError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
     if topk is not None and mode != "boxes":
         raise ExportError("--topk needs --decode boxes")
+    family = family or family_from_metadata(get_metadata(model))
     graph = import_graph(model)
     if mode == "activations":
-        add_activations(graph)
+        add_activations(graph, family)
     elif mode == "boxes":
-        add_box_decode(graph, strides, num_classes, static_hw)
+        add_box_decode(graph, strides, num_classes, static_hw, family)
         if topk is not None:
             add_topk(graph, topk)
     out = export_graph(graph, model)

@@ -3,6 +3,8 @@
 from .backbone import create_feature_backbone
 from .classifier import ImageClassifier
 from .decode import BBOX_LOG_CLAMP, DECODING_CONVENTION, anchor_points, batched_nms_postprocess, decode
+from .families import FAMILIES
+from .family import Family
 from .detector import ObjectDetector
 from .fpn import FPN
 from .heads import ClassificationHead, DetectionHead, group_norm_groups
@@ -25,4 +27,6 @@ __all__ = [
     "batched_nms_postprocess",
     "BBOX_LOG_CLAMP",
     "DECODING_CONVENTION",
+    "Family",
+    "FAMILIES",
 ]

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .backbone import _check_name, _create
 from .detector import check_images
+from .families.seed import CLASSIFIER
 from .heads import ClassificationHead, _check_positive_int
 
 __all__ = ["ImageClassifier"]
@@ -21,6 +22,8 @@ class ImageClassifier(nn.Module):
     >>> model(torch.randn(2, 3, 64, 64)).shape
     torch.Size([2, 4])
     """
+
+    family = CLASSIFIER
 
     def __init__(
         self,

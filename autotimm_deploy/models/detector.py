@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from .backbone import backbone_channels, backbone_strides, create_feature_backbone
 from .decode import batched_nms_postprocess, decode
+from .families.seed import SEED_FCOS
 from .fpn import FPN
 from .heads import DetectionHead, _check_positive_int
 
@@ -30,13 +31,16 @@ class ObjectDetector(nn.Module):
 
     ``forward(images)`` returns ``(cls_scores, bbox_preds, centernesses)``, three lists with one
     (B, C, H, W) tensor per level P3..P7; :meth:`decode` and :meth:`predict` implement the decoding
-    convention (:mod:`autotimm_deploy.models.decode`) and NMS as the parity oracle.
+    convention (:mod:`autotimm_deploy.models.decode`) and NMS as the parity oracle.  ``family`` is its
+    declaration (:data:`~autotimm_deploy.models.families.SEED_FCOS`), which every stage reads.
 
     >>> model = ObjectDetector(backbone="resnet18", num_classes=3, fpn_channels=64, num_convs=1).eval()
     >>> cls, box, ctr = model(torch.randn(1, 3, 128, 128))
     >>> model.strides, [t.shape[-1] for t in cls]
     ((8, 16, 32, 64, 128), [16, 8, 4, 2, 1])
     """
+
+    family = SEED_FCOS
 
     def __init__(
         self,

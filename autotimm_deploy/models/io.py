@@ -20,7 +20,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -31,7 +31,8 @@ from ..errors import ModelFileError
 from .classifier import ImageClassifier
 from .detector import ObjectDetector
 
-__all__ = ["save_model", "load_model", "load_model_file", "LoadedModel", "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["save_model", "load_model", "load_model_file", "LoadedModel", "ModelOverrides", "read_class_names",
+           "FORMAT_NAME", "FORMAT_VERSION"]
 
 FORMAT_NAME = "autotimm-deploy-model"
 FORMAT_VERSION = 1
@@ -147,6 +148,11 @@ class LoadedModel:
     path: Path
     extra: Dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def family(self):
+        """The model's :class:`~autotimm_deploy.models.family.Family` declaration."""
+        return self.model.family
+
 
 # timm.create_model keywords that load weights or configs from elsewhere (a path, the Hugging Face Hub)
 _BANNED_BACKBONE_KWARGS = frozenset({"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
@@ -233,7 +239,10 @@ def _looks_like_onnx(raw: bytes) -> bool:
         return False
 
 
-def _read_pt(path: Path, raw: bytes) -> Dict[str, Any]:
+def safe_torch_load(path: Path, raw: bytes) -> Any:
+    """``torch.load(weights_only=True)`` of a torch zip archive's bytes, after the checks that need no
+    unpickling (legacy formats, TorchScript, compressed or oversized members, damage); a refusal names
+    the global or the problem.  Used for model files and for AutoTimm (Lightning) checkpoints alike."""
     if not zipfile.is_zipfile(io.BytesIO(raw)):
         if raw[:2] == b"\x80\x02" or raw[:1] == b"\x80":
             raise ModelFileError(
@@ -297,7 +306,7 @@ def _read_pt(path: Path, raw: bytes) -> Dict[str, Any]:
                                                         if len(unsafe) > _MAX_LISTED else "")
             raise ModelFileError(
                 f"{path}: refused to load: the file references code or objects that are not allowed "
-                f"({listed}); model files may hold only tensors and plain data. "
+                f"({listed}); model files and checkpoints may hold only tensors and plain data. "
                 "Only load files you trust, and re-save them with autotimm_deploy.save_model."
             ) from None
         reason = _weights_only_reason(exc)
@@ -306,10 +315,15 @@ def _read_pt(path: Path, raw: bytes) -> Dict[str, Any]:
                 f"{path}: damaged tensor data (a tensor does not fit the bytes stored for it): {reason}"
             ) from None
         raise ModelFileError(f"{path}: could not read the model file safely: {reason}") from None
+    return obj
+
+
+def _check_format(path: Path, obj: Any) -> Dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
         raise ModelFileError(
-            f"{path}: not an autotimm-deploy model file (expected a dict with format={FORMAT_NAME!r}; "
-            "a bare state dict or a pickled module is not accepted). Save models with autotimm_deploy.save_model"
+            f"{path}: not an autotimm-deploy model file nor an AutoTimm checkpoint (expected a dict with "
+            f"format={FORMAT_NAME!r}, or a Lightning checkpoint with state_dict and hyper_parameters; a bare state "
+            "dict or a pickled module is not accepted). Save models with autotimm_deploy.save_model"
         )
     return obj
 
@@ -355,30 +369,76 @@ def _read_safetensors(path: Path, raw: bytes) -> Dict[str, Any]:
         raise ModelFileError(f"{path}: malformed autotimm-deploy metadata in safetensors header: {exc}") from None
 
 
-def load_model_file(path: str | os.PathLike) -> LoadedModel:
-    """Read and verify a model file and rebuild its module (in eval mode), without executing file code."""
-    check_torch_version()
-    path = Path(path)
+def _read_regular_file(path: Path) -> bytes:
     try:
         st = path.stat()  # follows symlinks: a link to /dev/zero is judged by what it points to
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such file") from None
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise ModelFileError(f"{path}: is a directory, expected a model file (.pt or .safetensors)")
     if not stat.S_ISREG(st.st_mode):  # a FIFO blocks on open, /dev/zero never ends
         raise ModelFileError(f"{path}: not a regular file (a device, pipe or socket); expected a model file "
-                             "(.pt or .safetensors)")
+                             "(.pt or .safetensors) or an AutoTimm checkpoint (.ckpt)")
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
     if not raw:
         raise ModelFileError(f"{path}: file is empty")
-    digest = hashlib.sha256(raw).hexdigest()
-    is_st = path.suffix == ".safetensors" or raw[8:10] == b"{\""
-    obj = _read_safetensors(path, raw) if is_st else _read_pt(path, raw)
+    return raw
+
+
+def check_state_dict(path: Path, state: Any) -> Dict[str, torch.Tensor]:
+    """A dict of str -> tensor, or a :class:`ModelFileError` naming the first bad entry."""
+    if not isinstance(state, dict):
+        raise ModelFileError(f"{path}: the state dict is a {type(state).__name__}, not a dict of tensors")
+    for k, v in state.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise ModelFileError(f"{path}: state dict entry {k!r} is not a tensor ({type(v).__name__}) "
+                                 "or its name is not a string")
+    return state
+
+
+def build_and_load(path: Path, factory: Callable[[], nn.Module], state: Dict[str, torch.Tensor], what: str) -> nn.Module:
+    """``factory()`` with ``state`` loaded strictly, in eval mode; ``what`` names the model in errors.
+
+    A skeleton is built on the meta device first: a config that asks for a giant model costs no memory
+    before its keys and shapes are compared with the state dict the file actually holds."""
+    try:
+        with torch.device("meta"):
+            skeleton = factory()
+    except (TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: cannot build {what}: {str(exc).splitlines()[0]}") from None
+    except Exception:  # a backbone whose construction does not work on the meta device: build it for real
+        try:
+            skeleton = factory()
+        except (TypeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: cannot build {what}: {str(exc).splitlines()[0]}") from None
+    expected = skeleton.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with the wrong shape (e.g. {mismatched[:2]})")
+        raise ModelFileError(f"{path}: state dict does not match {what}: " + "; ".join(parts))
+    del skeleton, expected
+    try:
+        model = factory()
+        model.load_state_dict(state, strict=True)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelFileError(f"{path}: state dict cannot be loaded into {what}: "
+                             f"{str(exc).strip().splitlines()[-1].strip()}") from None
+    return model.eval()
+
+
+def _load_own_format(path: Path, obj: Dict[str, Any], digest: str) -> LoadedModel:
     if obj.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model file format version {obj.get('format_version')!r} is not supported "
@@ -388,13 +448,9 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
     if task not in _TASKS:
         raise ModelFileError(f"{path}: unknown task {task!r}; expected one of {sorted(_TASKS)}")
     config = obj.get("config")
-    state = obj.get("state_dict")
-    if not isinstance(config, dict) or not isinstance(state, dict):
+    if not isinstance(config, dict) or not isinstance(obj.get("state_dict"), dict):
         raise ModelFileError(f"{path}: model file lacks a config dict or a state dict")
-    for k, v in state.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise ModelFileError(f"{path}: state dict entry {k!r} is not a tensor ({type(v).__name__}) "
-                                 "or its name is not a string")
+    state = check_state_dict(path, obj["state_dict"])
     if not all(isinstance(k, str) for k in config):
         raise ModelFileError(f"{path}: config keys must be strings")
     cls = _TASKS[task]
@@ -413,50 +469,92 @@ def load_model_file(path: str | os.PathLike) -> LoadedModel:
         )
     # the weights come from the file: never let a config download pretrained ones
     build = {**config, "pretrained_backbone": False} if "pretrained_backbone" in allowed else dict(config)
-    try:
-        # a skeleton on the meta device first: a config that asks for a giant model costs no memory before
-        # its shapes are compared with the state dict the file actually holds
-        with torch.device("meta"):
-            skeleton = cls(**build)
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: config cannot build an {cls.__name__}: {str(exc).splitlines()[0]}") from None
-    except Exception:  # a backbone whose construction does not work on the meta device: build it for real
-        try:
-            skeleton = cls(**build)
-        except (TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path}: config cannot build an {cls.__name__}: {str(exc).splitlines()[0]}") from None
-    expected = skeleton.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and isinstance(state[k], torch.Tensor) and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} with the wrong shape (e.g. {mismatched[:2]})")
-        raise ModelFileError(
-            f"{path}: state dict does not match its config ({config.get('backbone')!r} {task}): " + "; ".join(parts)
-        )
-    del skeleton, expected
-    try:
-        model = cls(**build)
-        model.load_state_dict(state, strict=True)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{path}: state dict cannot be loaded into its {cls.__name__}: "
-                             f"{str(exc).strip().splitlines()[-1].strip()}") from None
-    model.eval()
+    model = build_and_load(path, lambda: cls(**build), state, f"its config ({config.get('backbone')!r} {task})")
     metadata = obj.get("metadata") or {}
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path}: model file metadata must be a dict, got {type(metadata).__name__}")
-    metadata = dict(metadata)
-    return LoadedModel(model=model, task=task, config=config, metadata=metadata, sha256=digest, path=path)
+    return LoadedModel(model=model, task=task, config=config, metadata=dict(metadata), sha256=digest, path=path)
+
+
+@dataclass(frozen=True)
+class ModelOverrides:
+    """What the user says about a model that its file does not (or says otherwise): class names, input
+    size (H, W), normalisation.  AutoTimm checkpoints record no class names and no mean/std."""
+
+    class_names: Optional[Tuple[str, ...]] = None
+    input_size: Optional[Tuple[int, int]] = None
+    mean: Optional[Tuple[float, float, float]] = None
+    std: Optional[Tuple[float, float, float]] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: list(v) for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict[str, Any]]) -> "ModelOverrides":
+        return cls(**{k: tuple(v) for k, v in (d or {}).items()})
+
+    def apply(self, loaded: LoadedModel) -> LoadedModel:
+        if not self.to_dict():
+            return loaded
+        try:
+            fresh = _clean_metadata(loaded.model, self.class_names, self.input_size, self.mean, self.std)
+        except ValueError as exc:
+            raise ModelFileError(f"{loaded.path}: {exc}") from None
+        meta = dict(loaded.metadata)
+        for k in self.to_dict():
+            meta[k] = fresh[k]
+        meta["overrides"] = self.to_dict()
+        loaded.metadata = meta
+        return loaded
+
+
+def read_class_names(path: str | os.PathLike) -> Tuple[str, ...]:
+    """Class names from a file: a JSON list of strings, or one name per line (blank lines ignored)."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{p}: cannot read class names: {getattr(exc, 'strerror', None) or exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except ValueError as exc:
+            raise ModelFileError(f"{p}: class names file starts like JSON but is not valid JSON: {exc}") from None
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ModelFileError(f"{p}: expected a JSON list of strings")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names:
+        raise ModelFileError(f"{p}: no class names in the file")
+    return tuple(names)
+
+
+def load_model_file(path: str | os.PathLike, overrides: Optional[ModelOverrides] = None) -> LoadedModel:
+    """Read and verify a model file and rebuild its module (in eval mode), without executing file code.
+
+    ``path``: a model file written by :func:`save_model` (``.pt`` / ``.safetensors``), an AutoTimm
+    (PyTorch Lightning) checkpoint ``.ckpt``, or a Lightning log directory holding ``checkpoints/*.ckpt``
+    (and ``hparams.yaml``); see :mod:`autotimm_deploy.models.autotimm_ckpt`.  ``overrides`` replace what
+    the file records (or does not) about class names, input size and normalisation.
+    """
+    from . import autotimm_ckpt
+
+    check_torch_version()
+    path = Path(path)
+    hparams_yaml = None
+    if path.is_dir():
+        path, hparams_yaml = autotimm_ckpt.find_checkpoint(path)
+    raw = _read_regular_file(path)
+    digest = hashlib.sha256(raw).hexdigest()
+    if path.suffix == ".safetensors" or raw[8:10] == b"{\"":
+        loaded = _load_own_format(path, _read_safetensors(path, raw), digest)
+    else:
+        obj = safe_torch_load(path, raw)
+        if autotimm_ckpt.is_lightning_checkpoint(obj):
+            loaded = autotimm_ckpt.load_checkpoint(path, obj, digest, hparams_yaml)
+        else:
+            loaded = _load_own_format(path, _check_format(path, obj), digest)
+    return (overrides or ModelOverrides()).apply(loaded)
 
 
 def load_model(path: str | os.PathLike) -> nn.Module:

@@ -168,8 +168,11 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def match_detections(ref: Sequence[Dict[str, np.ndarray]], cand: Sequence[Dict[str, np.ndarray]],
-                     score_thr: float = 0.3, iou_thr: float = 0.9, min_match: float = 0.99) -> DetectionAgreement:
-    """Greedy one-to-one matching of reference detections to candidate detections per image."""
+                     score_thr: float = 0.3, iou_thr: float = 0.9, min_match: float = 0.99,
+                     box_atol: float = 1e-2) -> DetectionAgreement:
+    """Greedy one-to-one matching of reference detections to candidate detections per image: same class and
+    IoU >= ``iou_thr``, or every coordinate within ``box_atol`` pixels (the same box: a degenerate, zero-area
+    box has no IoU, as untrained models with linear distances produce)."""
     n_ref = n_cand = matched = 0
     max_diff = 0.0
     best_unmatched: List[float] = []
@@ -186,6 +189,7 @@ def match_detections(ref: Sequence[Dict[str, np.ndarray]], cand: Sequence[Dict[s
             best_unmatched += [0.0] * len(rb)
             continue
         iou = _box_iou(rb, cb)
+        iou[np.abs(rb[:, None, :] - cb[None, :, :]).max(-1) <= box_atol] = 1.0
         iou[rl[:, None] != cl[None, :]] = 0.0
         used = np.zeros(len(cb), dtype=bool)
         for i in np.argsort(-rs):
@@ -276,14 +280,13 @@ def run_parity(
                                    sum(p.nonfinite for p in per), sum(p.reference_nonfinite for p in per),
                                    next((p.shape_mismatch for p in per if p.shape_mismatch), "")))
     det = None
-    strides = getattr(model, "strides", None)
-    if strides is not None:
+    if model.family.task == "detection":
         ref_d, out_d = [], []
         for feed, ri, oi in zip(data, ref_iters, out_iters):
             size = tuple(feed["images"].shape[-2:])
-            ref_d += detections_from_outputs(dict(ri), decode_mode, strides, size)
-            out_d += detections_from_outputs(dict(oi), decode_mode, strides, size)
-        det = match_detections(ref_d, out_d, **(detection_kwargs or {}))
+            ref_d += detections_from_outputs(dict(ri), decode_mode, model.strides, size, family=model.family)
+            out_d += detections_from_outputs(dict(oi), decode_mode, model.strides, size, family=model.family)
+        det = match_detections(ref_d, out_d, **{"box_atol": tolerances.for_output("boxes")[0], **(detection_kwargs or {})})
     if save_dir is not None:
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)

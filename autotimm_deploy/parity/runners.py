@@ -12,8 +12,7 @@ import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from ..exporters.onnx_export import detector_output_names
-from ..models.decode import BBOX_LOG_CLAMP, decode
+from ..models.decode import activate, decode_outputs, raw_outputs
 
 __all__ = ["TorchRunner", "BackendRunner", "reference_outputs"]
 
@@ -22,21 +21,21 @@ def reference_outputs(model: torch.nn.Module, images: torch.Tensor, decode_mode:
                       topk: Optional[int] = None) -> "OrderedDict[str, np.ndarray]":
     """What an export with ``decode_mode`` (and ``topk``) must produce, computed in PyTorch.
 
-    This is the oracle: it uses the reference decoder of :mod:`autotimm_deploy.models.decode`,
-    never the exported graph.
+    This is the oracle: the model's own forward and the reference decoder of
+    :mod:`autotimm_deploy.models.decode` for the model's family, never the exported graph.
     """
+    family = model.family
     with torch.no_grad():
         out = model(images)
-    if isinstance(out, torch.Tensor):
+    if family.task == "classification":
         return OrderedDict(logits=out.numpy())
-    cls, box, ctr = out
-    if decode_mode == "raw":
-        return OrderedDict(zip(detector_output_names(len(cls)), [t.numpy() for t in (*cls, *box, *ctr)]))
-    if decode_mode == "activations":
-        acts = [torch.sigmoid(t) for t in cls] + [torch.exp(torch.clamp(t, max=BBOX_LOG_CLAMP)) for t in box]
-        acts += [torch.sigmoid(t) for t in ctr]
-        return OrderedDict(zip(detector_output_names(len(cls)), [t.numpy() for t in acts]))
-    boxes, scores = decode(cls, box, ctr, model.strides, tuple(images.shape[-2:]))
+    raw = raw_outputs(family, out)
+    levels = len(model.strides)
+    if decode_mode in ("raw", "activations"):
+        act = (lambda o, t: t) if decode_mode == "raw" else activate
+        return OrderedDict(zip(family.output_names(levels),
+                               [act(o, t).numpy() for o in family.outputs for t in raw[o.key]]))
+    boxes, scores = decode_outputs(family, raw, model.strides, tuple(images.shape[-2:]))
     if topk is None:
         return OrderedDict(boxes=boxes.numpy(), scores=scores.numpy())
     k = min(topk, scores.shape[1])

@@ -416,7 +416,7 @@ def _detections(results, feeds: _Feeds, art: Artifact, rule: TaskRule) -> List[D
         size = tuple(feed["images"].shape[-2:])
         out = {k: v[:n] for k, v in _finite(res).items()}
         for d, lb in zip(postprocess_outputs(out, art.info.decode, art.info.strides, size, rule.score_thresh,
-                                             rule.nms_iou, rule.max_detections), boxes):
+                                             rule.nms_iou, rule.max_detections, family=art.info.family), boxes):
             preds.append({"boxes": lb.to_image(d["boxes"].astype(np.float32)), "scores": d["scores"],
                           "labels": d["labels"]})
     return preds
@@ -510,11 +510,12 @@ def check_artifacts(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     strict: bool = False,
     progress: Progress = print,
+    overrides: Optional["ModelOverrides"] = None,
 ) -> SuiteResult:
     """Check every artifact against the model file; see the module docstring.  ``data`` (a folder of
     images, annotated or not) or ``random`` (that many seeded N(0, 1) inputs, default 8) are the inputs."""
     from ..engines.predictor import load_image
-    from ..models.io import load_model_file
+    from ..models.io import ModelOverrides, load_model_file
     from .check import run_parity
 
     say = progress or (lambda s: None)
@@ -526,9 +527,11 @@ def check_artifacts(
     if random is not None and random < 1:
         raise ParityError(f"--random needs at least 1 input, got {random}")
     thresholds = thresholds or load_thresholds()
-    loaded = load_model_file(model_path)
-    model = loaded.model
     arts = resolve_artifacts(artifacts)
+    # what the export was told about the model and the file does not record (an AutoTimm checkpoint's class
+    # names, input size, mean/std) comes from the first artifact's metadata unless given here
+    loaded = load_model_file(model_path, overrides or ModelOverrides.from_dict(arts[0].info.overrides))
+    model = loaded.model
     for a in arts:
         if a.info.task != loaded.task:
             raise ParityError(f"{a.path}: a {a.info.task} artifact, but {model_path} is a {loaded.task} model")

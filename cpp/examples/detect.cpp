@@ -1,6 +1,7 @@
 // autotimm_detect ENGINE IMAGE.ppm [--score-thr T] [--iou-thr T] [--max-det N]
 // Runs a fused-decode detector engine (autotimm-export --decode boxes) on a PPM image and prints
-// {"images": [...]} in the format of autotimm-infer's detections.json.
+// {"images": [...]} in the format of autotimm-infer's detections.json.  Preprocessing and the
+// post-processing rule and thresholds come from the model family recorded in the engine's sidecar.
 #include <cstdio>
 #include <cstring>
 #include <iostream>
@@ -18,22 +19,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: autotimm_detect ENGINE IMAGE.ppm [--score-thr T] [--iou-thr T] [--max-det N]\n");
     return 2;
   }
-  PostprocessConfig cfg;
-  cfg.score_thresh = 0.3f;
-  for (int i = 3; i + 1 < argc; i += 2) {
-    if (!std::strcmp(argv[i], "--score-thr")) cfg.score_thresh = std::stof(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--iou-thr")) cfg.iou_thresh = std::stof(argv[i + 1]);
-    else if (!std::strcmp(argv[i], "--max-det")) cfg.max_detections = std::stoi(argv[i + 1]);
-    else { std::fprintf(stderr, "unknown option %s\n", argv[i]); return 2; }
-  }
   try {
     Engine engine(argv[1]);
     const ModelInfo& m = engine.model();
     if (m.task != "detection" || m.decode != "boxes")
       throw std::runtime_error("this example runs detectors exported with --decode boxes (fused decode)");
+    if (m.preprocess.resize != "letterbox")
+      throw std::runtime_error("the model's preprocessing '" + m.preprocess.resize + "' is not implemented here");
+    PostprocessConfig cfg = m.postprocess;  // the model family's rule and the model's own thresholds
+    for (int i = 3; i + 1 < argc; i += 2) {
+      if (!std::strcmp(argv[i], "--score-thr")) cfg.score_thresh = std::stof(argv[i + 1]);
+      else if (!std::strcmp(argv[i], "--iou-thr")) cfg.iou_thresh = std::stof(argv[i + 1]);
+      else if (!std::strcmp(argv[i], "--max-det")) cfg.max_detections = std::stoi(argv[i + 1]);
+      else throw std::runtime_error(std::string("unknown option ") + argv[i]);
+    }
     const Image img = read_ppm(argv[2]);
     std::vector<float> chw(static_cast<size_t>(3) * m.input_h * m.input_w);
-    const Letterbox lb = letterbox_normalize(img, m.input_h, m.input_w, m.mean, m.std, chw.data());
+    const Letterbox lb = letterbox_normalize(img, m.input_h, m.input_w, m.mean, m.std, chw.data(), m.preprocess);
     std::vector<std::vector<long>> shapes;
     const auto outs = engine.infer(chw, 1, m.input_h, m.input_w, &shapes);
     std::map<std::string, size_t> idx;

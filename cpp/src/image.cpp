@@ -61,7 +61,7 @@ Image read_raw_rgb(const std::string& path, int width, int height) {
 }
 
 Letterbox letterbox_normalize(const Image& img, int net_h, int net_w, const std::array<float, 3>& mean,
-                              const std::array<float, 3>& std, float* chw) {
+                              const std::array<float, 3>& std, float* chw, const Preprocess& pre) {
   Letterbox lb;
   lb.width = img.width;
   lb.height = img.height;
@@ -69,8 +69,14 @@ Letterbox letterbox_normalize(const Image& img, int net_h, int net_w, const std:
   lb.scale = static_cast<float>(scale);
   const int nh = std::max(1, static_cast<int>(std::nearbyint(img.height * scale)));
   const int nw = std::max(1, static_cast<int>(std::nearbyint(img.width * scale)));
+  const int off_x = pre.center ? (net_w - nw) / 2 : 0, off_y = pre.center ? (net_h - nh) / 2 : 0;
+  lb.pad_x = static_cast<float>(off_x);
+  lb.pad_y = static_cast<float>(off_y);
   const size_t plane = static_cast<size_t>(net_h) * net_w;
-  for (int c = 0; c < 3; ++c) std::fill(chw + c * plane, chw + (c + 1) * plane, 0.0f);  // = mean colour
+  for (int c = 0; c < 3; ++c) {  // the mean colour normalises to 0
+    const float v = pre.fill_mean ? 0.0f : static_cast<float>((pre.fill_rgb[c] / 255.0 - mean[c]) / std[c]);
+    std::fill(chw + c * plane, chw + (c + 1) * plane, v);
+  }
   const double sy = static_cast<double>(img.height) / nh, sx = static_cast<double>(img.width) / nw;
   for (int y = 0; y < nh; ++y) {
     const double fy = std::clamp((y + 0.5) * sy - 0.5, 0.0, img.height - 1.0);
@@ -83,7 +89,8 @@ Letterbox letterbox_normalize(const Image& img, int net_h, int net_w, const std:
       for (int c = 0; c < 3; ++c) {
         auto px = [&](int yy, int xx) { return static_cast<double>(img.rgb[(static_cast<size_t>(yy) * img.width + xx) * 3 + c]); };
         const double v = (1 - wy) * ((1 - wx) * px(y0, x0) + wx * px(y0, x1)) + wy * ((1 - wx) * px(y1, x0) + wx * px(y1, x1));
-        chw[c * plane + static_cast<size_t>(y) * net_w + x] = static_cast<float>((v / 255.0 - mean[c]) / std[c]);
+        chw[c * plane + static_cast<size_t>(y + off_y) * net_w + (x + off_x)] =
+            static_cast<float>((v / 255.0 - mean[c]) / std[c]);
       }
     }
   }

@@ -18,7 +18,28 @@ ModelInfo model_info_from_sidecar(const Json& sidecar) {
   const Json names = Json::parse(m["class_names"].string());
   if (names.is_array())
     for (const auto& n : names.array()) info.class_names.push_back(n.string());
+  if (m.has("family")) apply_family(Json::parse(m["family"].string()), info);
   return info;
+}
+
+void apply_family(const Json& family, ModelInfo& info) {
+  info.family = family["name"].string();
+  if (family.has("postprocess")) {
+    const Json& p = family["postprocess"];
+    info.postprocess.argmax = p["candidates"].string() == "argmax";
+    info.postprocess.pre_nms_top_k = p["pre_nms_top_k"].is_null() ? 0 : static_cast<int>(p["pre_nms_top_k"].integer());
+    info.postprocess.score_thresh = static_cast<float>(p["score_thresh"].number());
+    info.postprocess.iou_thresh = static_cast<float>(p["iou_thresh"].number());
+    info.postprocess.max_detections = static_cast<int>(p["max_detections"].integer());
+  }
+  if (family.has("preprocess")) {
+    const Json& p = family["preprocess"];
+    info.preprocess.resize = p["resize"].string();
+    info.preprocess.center = p["align"].string() == "center";
+    info.preprocess.fill_mean = p["fill"].is_null();
+    if (!info.preprocess.fill_mean)
+      for (size_t c = 0; c < 3; ++c) info.preprocess.fill_rgb[c] = static_cast<float>(p["fill"][c].number());
+  }
 }
 
 }  // namespace autotimm

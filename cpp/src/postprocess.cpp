@@ -21,14 +21,23 @@ float box_iou(const float* a, const float* b) {
 
 std::vector<Detection> nms_postprocess(const float* boxes, const float* scores, int num_candidates, int num_classes,
                                        const PostprocessConfig& cfg) {
-  // 1. (candidate, class) pairs above the threshold, in flat index order
+  // 1. (candidate, class) pairs above the threshold, in flat index order: every class (per_class), or each
+  //    candidate's first best class (argmax, as torch.max)
   std::vector<long> keep;
-  const long total = static_cast<long>(num_candidates) * num_classes;
-  for (long f = 0; f < total; ++f)
-    if (scores[f] > cfg.score_thresh) keep.push_back(f);
+  if (cfg.argmax || cfg.class_agnostic) {
+    for (long c = 0; c < num_candidates; ++c) {
+      const float* row = scores + c * num_classes;
+      const long best = static_cast<long>(std::max_element(row, row + num_classes) - row);
+      if (row[best] > cfg.score_thresh) keep.push_back(c * num_classes + best);
+    }
+  } else {
+    const long total = static_cast<long>(num_candidates) * num_classes;
+    for (long f = 0; f < total; ++f)
+      if (scores[f] > cfg.score_thresh) keep.push_back(f);
+  }
   // 2. the pre_nms_top_k best (score descending, ties by flat index)
   auto by_score = [&](long a, long b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); };
-  if (static_cast<long>(keep.size()) > cfg.pre_nms_top_k) {
+  if (cfg.pre_nms_top_k > 0 && static_cast<long>(keep.size()) > cfg.pre_nms_top_k) {
     std::partial_sort(keep.begin(), keep.begin() + cfg.pre_nms_top_k, keep.end(), by_score);
     keep.resize(cfg.pre_nms_top_k);
   }
@@ -75,10 +84,10 @@ std::vector<Detection> nms_postprocess(const float* boxes, const float* scores, 
 void to_image_pixels(std::vector<Detection>& dets, const Letterbox& lb) {
   const float w = static_cast<float>(lb.width), h = static_cast<float>(lb.height);
   for (auto& d : dets) {
-    d.x1 = std::clamp(d.x1 / lb.scale, 0.0f, w);
-    d.y1 = std::clamp(d.y1 / lb.scale, 0.0f, h);
-    d.x2 = std::clamp(d.x2 / lb.scale, 0.0f, w);
-    d.y2 = std::clamp(d.y2 / lb.scale, 0.0f, h);
+    d.x1 = std::clamp((d.x1 - lb.pad_x) / lb.scale, 0.0f, w);
+    d.y1 = std::clamp((d.y1 - lb.pad_y) / lb.scale, 0.0f, h);
+    d.x2 = std::clamp((d.x2 - lb.pad_x) / lb.scale, 0.0f, w);
+    d.y2 = std::clamp((d.y2 - lb.pad_y) / lb.scale, 0.0f, h);
   }
 }
 

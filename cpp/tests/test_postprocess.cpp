@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "autotimm/engine.hpp"
 #include "autotimm/image.hpp"
 #include "autotimm/json.hpp"
 #include "autotimm/postprocess.hpp"
@@ -67,6 +68,45 @@ static void test_pre_nms_top_k() {
   CHECK(d.size() == 5 && near(d[0].score, 0.59f) && near(d[4].score, 0.55f));
 }
 
+static void test_argmax_candidates_and_no_top_k() {
+  // candidate 0: class 1 best (0.8), class 0 also above the threshold (0.7): argmax keeps only class 1
+  const std::vector<float> boxes = {0, 0, 10, 10, 50, 50, 60, 60};
+  const std::vector<float> scores = {0.7f, 0.8f, 0.2f, 0.1f};  // (N=2, C=2)
+  PostprocessConfig cfg;
+  cfg.score_thresh = 0.5f;
+  CHECK(nms_postprocess(boxes.data(), scores.data(), 2, 2, cfg).size() == 2);  // per class: (0, 0) and (0, 1)
+  cfg.argmax = true;
+  auto d = nms_postprocess(boxes.data(), scores.data(), 2, 2, cfg);
+  CHECK(d.size() == 1 && d[0].label == 1 && near(d[0].score, 0.8f));
+  // ties: the first best class, as torch.max
+  const std::vector<float> tie = {0.6f, 0.6f, 0.0f, 0.0f};
+  d = nms_postprocess(boxes.data(), tie.data(), 2, 2, cfg);
+  CHECK(d.size() == 1 && d[0].label == 0);
+  // pre_nms_top_k <= 0: every candidate goes to NMS
+  std::vector<float> many_boxes, many_scores;
+  for (int i = 0; i < 1500; ++i) {
+    const float x = 20.0f * i;
+    many_boxes.insert(many_boxes.end(), {x, 0, x + 10, 10});
+    many_scores.push_back(0.51f + 0.0001f * i);
+  }
+  cfg.max_detections = 2000;
+  cfg.pre_nms_top_k = 0;
+  CHECK(nms_postprocess(many_boxes.data(), many_scores.data(), 1500, 1, cfg).size() == 1500);
+  cfg.pre_nms_top_k = 1000;
+  CHECK(nms_postprocess(many_boxes.data(), many_scores.data(), 1500, 1, cfg).size() == 1000);
+}
+
+static void test_family_metadata() {
+  ModelInfo info;
+  apply_family(Json::parse(R"({"name": "autotimm-fcos", "postprocess": {"candidates": "argmax",
+      "pre_nms_top_k": null, "score_thresh": 0.25, "iou_thresh": 0.5, "max_detections": 7},
+      "preprocess": {"resize": "letterbox", "align": "center", "fill": [114, 114, 114], "crop_fraction": 1.0}})"),
+               info);
+  CHECK(info.family == "autotimm-fcos" && info.postprocess.argmax && info.postprocess.pre_nms_top_k == 0);
+  CHECK(near(info.postprocess.score_thresh, 0.25f) && info.postprocess.max_detections == 7);
+  CHECK(info.preprocess.center && !info.preprocess.fill_mean && near(info.preprocess.fill_rgb[2], 114.0f));
+}
+
 static void test_to_image_and_json() {
   std::vector<Detection> d = {{10, 20, 300, 50, 0.5f, 1}};
   Letterbox lb{0.5f, 500, 60};
@@ -119,6 +159,17 @@ static void test_ppm_and_letterbox(const std::string& tmp) {
   CHECK(near(chw[0], (1.0f - 0.5f) / 0.25f));          // red plane, top-left pixel: 255
   CHECK(near(chw[64 + 0], (0.0f - 0.5f) / 0.25f));     // green plane: 0
   CHECK(chw[7 * 8 + 0] == 0.0f);                        // padding row (image is 8x4 after scaling) = mean
+  Preprocess centred;
+  centred.center = true;
+  centred.fill_mean = false;
+  centred.fill_rgb = {114, 114, 114};
+  const Letterbox lc = letterbox_normalize(img, 8, 8, {0.5f, 0.5f, 0.5f}, {0.25f, 0.25f, 0.25f}, chw.data(), centred);
+  CHECK(near(lc.pad_x, 0.0f) && near(lc.pad_y, 2.0f));   // 8x4 image centred in 8x8: rows 2-5
+  CHECK(near(chw[0], (114.0f / 255.0f - 0.5f) / 0.25f)); // top row is padding in the fill colour
+  CHECK(near(chw[2 * 8 + 0], (1.0f - 0.5f) / 0.25f));   // the image starts on row 2
+  std::vector<Detection> d = {{0, 2, 8, 6, 0.5f, 0}};
+  to_image_pixels(d, lc);
+  CHECK(near(d[0].x1, 0) && near(d[0].y1, 0) && near(d[0].x2, 4) && near(d[0].y2, 2));
   bool threw = false;
   {
     std::ofstream f(tmp + "/bad.ppm", std::ios::binary);
@@ -137,6 +188,8 @@ int main(int argc, char** argv) {
   test_iou();
   test_nms_class_aware_and_agnostic();
   test_pre_nms_top_k();
+  test_argmax_candidates_and_no_top_k();
+  test_family_metadata();
   test_to_image_and_json();
   test_json_parser();
   test_sha256();

@@ -1,7 +1,8 @@
 // autotimm_postprocess DUMP_DIR: NMS + mapping to image pixels on saved engine outputs, printed as JSON.
 //
 // DUMP_DIR holds meta.json ({"batch", "num_candidates", "num_classes", "score_thresh", "iou_thresh",
-// "max_detections", "class_agnostic", "class_names", "images": [{"width", "height", "scale"}]}) and
+// "max_detections", "class_agnostic", optional "argmax" and "pre_nms_top_k" (<= 0: none), "class_names",
+// "images": [{"width", "height", "scale", optional "pad_x", "pad_y"}]}) and
 // boxes.f32 / scores.f32 (little-endian float32, (batch, N, 4) and (batch, N, C)).  The output is
 // {"images": [...]} with the per-image records of autotimm-infer's detections.json, so the C++ and
 // Python post-processing can be compared on the same outputs.
@@ -45,6 +46,8 @@ int main(int argc, char** argv) {
     cfg.iou_thresh = static_cast<float>(meta["iou_thresh"].number());
     cfg.max_detections = static_cast<int>(meta["max_detections"].integer());
     cfg.class_agnostic = meta["class_agnostic"].boolean();
+    if (meta.has("argmax")) cfg.argmax = meta["argmax"].boolean();
+    if (meta.has("pre_nms_top_k")) cfg.pre_nms_top_k = static_cast<int>(meta["pre_nms_top_k"].integer());
     std::vector<std::string> names;
     for (const auto& s : meta["class_names"].array()) names.push_back(s.string());
     const auto boxes = read_f32(dir + "/boxes.f32", static_cast<size_t>(b) * n * 4);
@@ -56,6 +59,8 @@ int main(int argc, char** argv) {
       lb.width = static_cast<int>(im["width"].integer());
       lb.height = static_cast<int>(im["height"].integer());
       lb.scale = static_cast<float>(im["scale"].number());
+      if (im.has("pad_x")) lb.pad_x = static_cast<float>(im["pad_x"].number());
+      if (im.has("pad_y")) lb.pad_y = static_cast<float>(im["pad_y"].number());
       auto dets = nms_postprocess(&boxes[static_cast<size_t>(i) * n * 4], &scores[static_cast<size_t>(i) * n * c], n, c, cfg);
       to_image_pixels(dets, lb);
       std::cout << (i ? ", " : "") << detections_json(dets, lb, names);

@@ -46,7 +46,8 @@ def test_static_hw_detector_export(small_detector):
     meta = get_metadata(m)
     assert meta["task"] == "detection" and json.loads(meta["strides"]) == [8, 16, 32, 64, 128]
     assert json.loads(meta["class_names"]) == META["class_names"] and meta["source_sha256"] == "ab" * 32
-    assert json.loads(meta["input_size"]) == [64, 96] and "exp(min(bbox_pred" in meta["decoding_convention"]
+    assert json.loads(meta["input_size"]) == [64, 96] and "exp(min(bbox, 10.0))" in meta["decoding_convention"]
+    assert json.loads(meta["family"])["name"] == "seed-fcos"
     assert meta["autotimm_deploy.version"]
 
 

@@ -7,15 +7,19 @@
 #include <string>
 #include <vector>
 
+#include "autotimm/image.hpp"
 #include "autotimm/json.hpp"
+#include "autotimm/postprocess.hpp"
 
 namespace autotimm {
 
 struct ModelInfo {
-  std::string task, decode;
+  std::string task, decode, family;
   int input_h = 0, input_w = 0;
   std::array<float, 3> mean{}, std{};
   std::vector<std::string> class_names;
+  PostprocessConfig postprocess;  // the family's rule and the model's thresholds
+  Preprocess preprocess;          // the family's letterbox placement and padding colour
 };
 
 class Engine {
@@ -45,5 +49,8 @@ class Engine {
 
 // Parses sidecar["model"] (the ONNX metadata: JSON-encoded strings) into a ModelInfo.
 ModelInfo model_info_from_sidecar(const Json& sidecar);
+// The "family" declaration (ONNX metadata key "family", a JSON object) into info's postprocess/preprocess;
+// absent in exports made before families: the seed's defaults stay.
+void apply_family(const Json& family, ModelInfo& info);
 
 }  // namespace autotimm

@@ -20,10 +20,19 @@ Image read_ppm(const std::string& path);
 // Raw interleaved RGB bytes of a known size.
 Image read_raw_rgb(const std::string& path, int width, int height);
 
+// Where a letterboxed image goes and what fills the rest (a model family's "preprocess" declaration).
+struct Preprocess {
+  std::string resize = "letterbox";   // letterbox_normalize implements "letterbox" (not "resize_crop")
+  bool center = false;                // centred (AutoTimm: PadIfNeeded) instead of top-left
+  bool fill_mean = true;              // pad with the mean colour (normalises to 0) ...
+  std::array<float, 3> fill_rgb{};    // ... or with this colour (0-255), e.g. AutoTimm's 114
+};
+
 // Letterbox into (net_h, net_w): scale = min(net_h / h, net_w / w), new size rounded half-to-even as
-// Python's round(), bilinear resize (half-pixel centres, no antialias), top-left, padding = mean
-// colour; then (x / 255 - mean) / std into a CHW float buffer of net_h * net_w * 3 values.
+// Python's round(), bilinear resize (half-pixel centres, no antialias), placed top-left or centred
+// (offset floor((net - new) / 2)), padding = mean colour or pre.fill_rgb; then (x / 255 - mean) / std
+// into a CHW float buffer of net_h * net_w * 3 values.
 Letterbox letterbox_normalize(const Image& img, int net_h, int net_w, const std::array<float, 3>& mean,
-                              const std::array<float, 3>& std, float* chw);
+                              const std::array<float, 3>& std, float* chw, const Preprocess& pre = Preprocess());
 
 }  // namespace autotimm
