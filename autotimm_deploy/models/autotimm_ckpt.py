@@ -184,7 +184,7 @@ def load_checkpoint(path: Path, obj: Dict[str, Any], digest: str, hparams_yaml: 
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "autotimm": {"task_class": "ObjectDetector" if task == "detection" else "ImageClassifier",
-                     "compiled": bool(compiled), "full_checkpoint": "optimizer_states" in obj or "loops" in obj,
+                     "compiled": bool(compiled), "full_checkpoint": "optimizer_states" in obj,
                      "lightning_version": obj.get("pytorch-lightning_version"),
                      "epoch": obj.get("epoch"), "global_step": obj.get("global_step"),
                      "hparams_from": "checkpoint" if obj.get("hyper_parameters") else str(hparams_yaml)},

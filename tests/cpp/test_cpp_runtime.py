@@ -16,6 +16,7 @@ from autotimm_deploy.demo.shapes import SPLIT_SEEDS, render_detection_sample
 from autotimm_deploy.engines import load
 from autotimm_deploy.engines.predictor import Letterbox
 from autotimm_deploy.models.decode import postprocess_outputs
+from autotimm_deploy.models.families import AUTOTIMM_FCOS, SEED_FCOS
 
 CPP = Path(__file__).resolve().parents[2] / "cpp"
 
@@ -48,23 +49,27 @@ def test_require_tensorrt_fails_clearly_when_absent(tmp_path):
         assert res.returncode != 0 and "NvInfer.h not found" in res.stderr
 
 
-def _dump(d, boxes, scores, letterboxes, names, score_thr, iou_thr, max_det, agnostic):
+def _dump(d, boxes, scores, letterboxes, names, score_thr, iou_thr, max_det, agnostic, family):
     d.mkdir(parents=True, exist_ok=True)
     np.ascontiguousarray(boxes, np.float32).tofile(d / "boxes.f32")
     np.ascontiguousarray(scores, np.float32).tofile(d / "scores.f32")
+    rule = family.postprocess
     meta = {"batch": boxes.shape[0], "num_candidates": boxes.shape[1], "num_classes": scores.shape[2],
             "score_thresh": score_thr, "iou_thresh": iou_thr, "max_detections": max_det, "class_agnostic": agnostic,
-            "class_names": names,
-            "images": [{"width": lb.width, "height": lb.height, "scale": lb.scale} for lb in letterboxes]}
+            "argmax": rule.candidates == "argmax", "pre_nms_top_k": rule.pre_nms_top_k or 0, "class_names": names,
+            "images": [{"width": lb.width, "height": lb.height, "scale": lb.scale, "pad_x": lb.pad_x,
+                        "pad_y": lb.pad_y} for lb in letterboxes]}
     (d / "meta.json").write_text(json.dumps(meta))
 
 
-def _compare(build, d, boxes, scores, letterboxes, names, score_thr=0.05, iou_thr=0.6, max_det=100, agnostic=False):
-    _dump(d, boxes, scores, letterboxes, names, score_thr, iou_thr, max_det, agnostic)
+def _compare(build, d, boxes, scores, letterboxes, names, score_thr=0.05, iou_thr=0.6, max_det=100, agnostic=False,
+             family=SEED_FCOS):
+    _dump(d, boxes, scores, letterboxes, names, score_thr, iou_thr, max_det, agnostic, family)
     res = subprocess.run([str(build / "autotimm_postprocess"), str(d)], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     cpp = json.loads(res.stdout)["images"]
-    py = postprocess_outputs({"boxes": boxes, "scores": scores}, "boxes", (), (0, 0), score_thr, iou_thr, max_det, agnostic)
+    py = postprocess_outputs({"boxes": boxes, "scores": scores}, "boxes", (), (0, 0), score_thr, iou_thr, max_det, agnostic,
+                             family=family)
     total = 0
     for c, p, lb in zip(cpp, py, letterboxes):
         pb = lb.to_image(p["boxes"].astype(np.float32))
@@ -106,3 +111,20 @@ def test_cpp_matches_python_on_dense_random_candidates(build, tmp_path):
     lbs = [Letterbox(0.8, 600, 500), Letterbox(1.0, 480, 480)]
     total = _compare(build, tmp_path / "r", boxes, scores, lbs, [f"c{i}" for i in range(c)], 0.05, 0.5, 300)
     assert total >= 400  # pre-NMS top-1000 and max 300 detections both bite
+
+
+def test_cpp_matches_python_with_the_autotimm_rule(build, tmp_path):
+    """AutoTimm's family: one argmax class per candidate, no pre-NMS top-k (2500 candidates above the threshold all
+    reach NMS), NMS IoU 0.5, centred letterbox offsets removed before scaling."""
+    rng = np.random.default_rng(1)
+    b, n, c = 2, 4000, 4
+    xy = rng.uniform(0, 500, (b, n, 2)).astype(np.float32)
+    boxes = np.concatenate([xy, xy + rng.uniform(4, 60, (b, n, 2)).astype(np.float32)], axis=2)
+    # distinct scores: the order of equal scores after NMS is not specified (torchvision sorts unstably)
+    scores = ((rng.permutation(b * n * c).reshape(b, n, c) + 1) / (b * n * c)).astype(np.float32) ** 4
+    lbs = [Letterbox(0.5, 1000, 600, 0.0, 100.0), Letterbox(0.8, 500, 700, 120.0, 0.0)]
+    rule = AUTOTIMM_FCOS.postprocess
+    total = _compare(build, tmp_path / "a", boxes, scores, lbs, [f"c{i}" for i in range(c)], 0.05, rule.iou_thresh,
+                     3000, family=AUTOTIMM_FCOS)
+    per_location = (scores.max(axis=2) > 0.05).sum()
+    assert per_location > 2 * 1000 and total > 1000  # more than a 1000 pre-NMS top-k would let through
