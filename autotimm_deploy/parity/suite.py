@@ -36,12 +36,15 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import AutotimmError, ParityError
 from .check import FP16_TOLERANCES, FP32_TOLERANCES, Tolerances
+
+if TYPE_CHECKING:  # the model-file side is imported when checking (it pulls in torch and timm)
+    from ..models.io import ModelOverrides
 
 __all__ = ["DetectionRule", "TaskRule", "Thresholds", "DEFAULT_THRESHOLDS", "load_thresholds", "Artifact",
            "resolve_artifacts", "LevelResult", "ArtifactResult", "SuiteResult", "check_artifacts", "LEVELS"]
