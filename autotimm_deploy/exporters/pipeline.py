@@ -25,6 +25,7 @@ from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
 from ..models.io import LoadedModel, ModelOverrides, load_model_file
 from .onnx_export import DEFAULT_OPSET, ExportConfig, check_input_size, export_onnx, max_stride
+from .engine_step import engine_parity, engine_profile, engine_step, fits
 from .fp16 import DEFAULT_ISLANDS, Fp32Islands
 from .surgery import DECODE_MODES, apply_decode, static_level_sizes
 
@@ -159,28 +160,6 @@ def _io_info(model: onnx.ModelProto) -> Dict[str, List[Dict]]:
         return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
                  "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in vs]
     return {"inputs": info(model.graph.input), "outputs": info(model.graph.output)}
-
-
-def engine_profile(size: Tuple[int, int], options: ExportOptions, stride: int) -> Dict[str, Tuple]:
-    """The optimisation profile for input ``images``: ``--batch`` MIN:OPT:MAX and, with ``--dynamic-hw``,
-    H/W from ``--min-size`` (default half the input size) to ``--max-size`` (default twice)."""
-    lo, opt, hi = options.batch
-    h, w = size
-    if options.dynamic_hw:
-        mn = check_input_size(options.min_size, stride) if options.min_size else \
-            (max(stride, h // 2 // stride * stride), max(stride, w // 2 // stride * stride))
-        mx = check_input_size(options.max_size, stride) if options.max_size else (2 * h, 2 * w)
-        if not (mn[0] <= h <= mx[0] and mn[1] <= w <= mx[1]):
-            raise ExportError(f"the input size {h}x{w} must lie within --min-size {mn[0]}x{mn[1]} and "
-                              f"--max-size {mx[0]}x{mx[1]}")
-    else:
-        mn = mx = (h, w)
-    return {"images": ((lo, 3, *mn), (opt, 3, h, w), (hi, 3, *mx))}
-
-
-def _fits(shape: Sequence[int], profile: Dict[str, Tuple]) -> bool:
-    lo, _, hi = profile["images"]
-    return all(a <= s <= b for a, s, b in zip(lo, shape, hi))
 
 
 class _Steps:
@@ -318,14 +297,15 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
     engine_info = None
     if options.engine != "none":
         t = time.time()
-        engine_info = _engine_step(step, say, options, library, onnx_path, fp16_path, plan, profile, loaded, out_dir)
+        engine_info = engine_step(step, say, options, library, onnx_path, fp16_path, plan, profile, loaded, out_dir,
+                                  prov)
         steps["engine_build"] = time.time() - t
         artifacts.append(engine_info["artifact"])
         artifacts.append({"role": "engine-sidecar", "file": engine_info["artifact"]["file"] + ".json"})
         if options.check:
             t = time.time()
-            engine_info["parity"] = _engine_parity(say, model, out_dir / engine_info["artifact"]["file"],
-                                                   [f for f in feeds if _fits(f[1]["images"].shape, profile)],
+            engine_info["parity"] = engine_parity(say, model, out_dir / engine_info["artifact"]["file"],
+                                                   [f for f in feeds if fits(f[1]["images"].shape, profile)],
                                                    decode, options, parity, reference_cache)
             steps["engine_parity"] = time.time() - t
             engine_info["artifact"]["parity"] = engine_info["parity"]["status"]
@@ -380,66 +360,3 @@ def _fp16_step(step, fused: onnx.ModelProto, loaded: LoadedModel, size: Tuple[in
     path = out_dir / "model.fp16.onnx"
     atomic_write_bytes(path, m16.SerializeToString())
     return path, plan, _io_info(m16)
-
-
-def _engine_step(step, say, options: ExportOptions, library, onnx_path: Path, fp16_path: Optional[Path], plan, profile,
-                 loaded: LoadedModel, out_dir: Path) -> Dict:
-    from ..engines.build import BuildConfig, engine_from_onnx
-    from ..engines.sidecar import EngineCache
-
-    lib, why = library
-    precision = "fp16" if options.fp16 else "fp32"
-    if precision == "fp16" and lib.strongly_typed:
-        source = fp16_path  # precision is in the graph's types
-        fp32_layers: Tuple[str, ...] = ()
-    else:
-        source = onnx_path  # FP32 network; on TensorRT 10 the FP16 flag + pinned FP32 islands
-        fp32_layers = tuple(plan.fp32_nodes) if plan is not None else ()
-    name = "model.fp16.engine" if precision == "fp16" else "model.engine"
-    step(f"building {precision.upper()} engine with {lib.name} {lib.version} from {source.name} ({why})")
-    config = BuildConfig(profiles=[profile], precision=precision, workspace_mib=options.workspace_mib,
-                         targets=tuple(options.target_cc), fp32_layers=fp32_layers,
-                         fp32_islands=options.islands().to_dict() if options.fp16 else None)
-    cache = EngineCache(options.cache_dir) if options.cache else None
-    if cache is not None and not lib.ahead_of_time:
-        from ..engines.library import gpu_info
-
-        gpu = gpu_info() or {"name": "none"}
-        config.timing_cache = cache.timing_cache_path(lib.name, lib.version, str(gpu["name"]))
-    sidecar = engine_from_onnx(source, out_dir / name, lib, config, cache, progress=lambda s: say("      " + s.strip()),
-                               provenance={"source_sha256": loaded.sha256, "onnx_file": source.name, **provenance(options)})
-    size_mb = sidecar["engine"]["bytes"] / 1e6
-    targets = sidecar["targets"]
-    where = ", ".join(targets["compute_capabilities"]) if "compute_capabilities" in targets else targets["gpu"]["name"]
-    say(f"      {name}: {size_mb:.1f} MB for {where}, build {sidecar['build']['seconds']:.1f}s, cache {sidecar['cache']}")
-    return {"library": lib.describe(), "selected_because": why, "sidecar": name + ".json", "cache": sidecar["cache"],
-            "artifact": {"role": "engine", "file": name, "precision": precision, "library": lib.name,
-                         "library_version": lib.version, "targets": targets, "sha256": sidecar["engine"]["sha256"],
-                         "source_onnx": source.name}}
-
-
-def _engine_parity(say, model, engine_path: Path, feeds, decode: str, options: ExportOptions,
-                   parity: Optional[Dict], reference_cache: Dict) -> Dict:
-    """Run the engine against PyTorch where this machine can; otherwise say exactly why not."""
-    from ..engines.load import check_engine, engine_runnable
-
-    sidecar = check_engine(engine_path)
-    ok, why = engine_runnable(sidecar)
-    onnx_verdict = "FP16 ONNX" if options.fp16 else "ONNX"
-    if not ok:
-        summary = f"engine built, not executed: {why}; the {onnx_verdict} parity verdict stands"
-        say(f"      {summary}")
-        return {"status": "not executed", "reason": why, "summary": summary}
-    from ..engines.runner import EngineRunner
-    from ..parity.check import FP16_TOLERANCES, FP32_TOLERANCES, run_parity
-
-    tol = FP16_TOLERANCES if options.fp16 else FP32_TOLERANCES
-    rep = run_parity(model, engine_path, feeds, decode, options.topk, tolerances=tol,
-                     runner=EngineRunner(engine_path, name=engine_path.name), reference_cache=reference_cache)
-    summary = f"executed on {why}: {'PASS' if rep.passed else 'FAIL'} ({rep.summary()})"
-    say(f"      engine parity {summary}")
-    if parity is not None:
-        parity["passed"] = parity["passed"] and rep.passed
-        parity["reports"].append(rep.to_dict())
-        parity["markdown"].append(rep.to_markdown())
-    return {"status": "pass" if rep.passed else "fail", "executed_on": why, "summary": summary}
