@@ -39,6 +39,7 @@ __all__ = [
     "add_topk",
     "apply_decode",
     "static_level_sizes",
+    "share_identical_constants",
     "DECODE_MODES",
 ]
 
@@ -54,7 +55,8 @@ def export_graph(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # folding runs ONNX Runtime, whose optimiser warnings are noise here
-    graph.fold_constants().cleanup().toposort()
+    graph.fold_constants().cleanup()
+    share_identical_constants(graph).toposort()
     model = gs.export_onnx(graph)
     model.ir_version = template.ir_version
     del model.metadata_props[:]
@@ -62,6 +64,22 @@ def export_graph(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     model = reinfer_shapes(model)
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def share_identical_constants(graph: gs.Graph) -> gs.Graph:
+    """One constant per distinct value: folding turns each use of a shared weight (the head is shared by the
+    five levels; the exporter reaches it through one Identity per use) into its own copy, which made fused
+    graphs up to 37 % larger than the raw export."""
+    import hashlib
+
+    kept: Dict[tuple, gs.Constant] = {}
+    for node in graph.nodes:
+        for i, t in enumerate(node.inputs):
+            if isinstance(t, gs.Constant):
+                arr = np.ascontiguousarray(t.values)
+                key = (arr.dtype.str, arr.shape, hashlib.sha256(arr.tobytes()).digest())
+                node.inputs[i] = kept.setdefault(key, t)
+    return graph.cleanup()
 
 
 def _outputs(graph: gs.Graph) -> Dict[str, gs.Variable]:
