@@ -328,7 +328,7 @@ def _data_feeds(images: List[np.ndarray], info, size: Tuple[int, int], batch: in
     f = _Feeds([], [], [], [])
     for start in range(0, len(images), b):
         idx = list(range(start, min(start + b, len(images))))
-        arr, boxes = letterbox_images([images[i] for i in idx], size, info.mean, info.std)
+        arr, boxes = letterbox_images([images[i] for i in idx], size, info.mean, info.std, info.family.preprocess)
         n = len(idx)
         if n < info.batch[0]:
             arr = np.concatenate([arr] + [arr[-1:]] * (info.batch[0] - n))
