@@ -21,6 +21,7 @@ pixels.  Classifiers return class probabilities (softmax, or sigmoid for multi-l
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -297,6 +298,18 @@ def _model_file_info(backend: TorchBackend) -> ArtifactInfo:
                         "raw", strides, dynamic_hw=False, family=loaded.family, overrides=meta.get("overrides", {}))
 
 
+def _source_model(export_dir: Path, source: Dict) -> Path:
+    """The export's model file: where the manifest says, else at the same place relative to the (moved) folder."""
+    tried = [Path(source["path"])]
+    if source.get("relative_to_export"):
+        tried.append(Path(os.path.normpath(export_dir / source["relative_to_export"])))
+    for p in tried:
+        if p.exists():
+            return p
+    raise AutotimmError(f"{export_dir}: the export's source model file is gone (looked for "
+                        f"{' and '.join(str(p) for p in tried)}); pass the model file itself to load it")
+
+
 def load(path: str | Path, backend: str = "auto", precision: Optional[str] = None,
          providers: Optional[Sequence[str]] = None, cuda_graphs: bool = False,
          allow_host_code: bool = False, overrides: Optional[Dict] = None) -> Predictor:
@@ -345,7 +358,7 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
         elif backend == "tensorrt":
             raise AutotimmError(f"{d}: the export has no engine (exported with --engine none?)")
         if backend == "pytorch":
-            src = Path(manifest["source"]["path"])
+            src = _source_model(d, manifest["source"])
             return load(src, "pytorch", overrides=manifest["source"].get("overrides"))._with(
                 str(src), "the export's source model file")
         cuda = "CUDAExecutionProvider" in (providers or onnxruntime_providers())

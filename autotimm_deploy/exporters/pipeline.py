@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -321,7 +322,11 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         a.setdefault("sha256", sha256_file(out_dir / a["file"]))
     manifest = {
         "autotimm_deploy_version": __version__,
-        "source": {"path": str(model_path), "sha256": loaded.sha256, "task": loaded.task, "config": loaded.config,
+        # absolute, so the folder works from any directory; relative to the folder too, so that moving the folder
+        # and the model file together keeps it working
+        "source": {"path": str(Path(model_path).resolve()),
+                   "relative_to_export": os.path.relpath(Path(model_path).resolve(), out_dir.resolve()),
+                   "sha256": loaded.sha256, "task": loaded.task, "config": loaded.config,
                    "overrides": options.overrides().to_dict(), **({"autotimm": loaded.metadata["autotimm"]}
                                                                   if "autotimm" in loaded.metadata else {})},
         "family": family.to_dict(),

@@ -165,3 +165,27 @@ def test_infer_cli_writes_json_and_pictures_and_survives_bad_files(exports, imag
     assert picture.shape == (128, 128, 3) and not np.array_equal(picture, images[0])  # boxes were drawn
     assert infer_main([str(exports / "cls"), str(paths[0]), "--out", str(tmp_path / "c")]) == 0
     assert json.loads((tmp_path / "c" / "classifications.json").read_text())["images"][0]["top"][0]["prob"] > 0
+
+
+def test_export_folder_finds_its_model_from_anywhere_and_when_moved_with_it(tmp_path, monkeypatch):
+    """The manifest used to keep the model path as typed (relative to where the export ran): the PyTorch backend
+    of an export folder then worked only from that directory (issue 13, item 10)."""
+    import shutil
+
+    from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
+
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copyfile(demo_model_path("classifier"), work / "cls.pt")
+    monkeypatch.chdir(work)
+    export_model("cls.pt", "out", ExportOptions(engine="none", check=False), progress=None)
+    monkeypatch.chdir(tmp_path)  # elsewhere
+    image = np.zeros((64, 64, 3), np.uint8)
+    first = load(work / "out", backend="pytorch").predict(image)[0].probs
+    shutil.move(str(work), str(tmp_path / "moved"))  # the folder and the model file, together
+    again = load(tmp_path / "moved" / "out", backend="pytorch")
+    assert again.source == str(tmp_path / "moved" / "cls.pt")
+    np.testing.assert_array_equal(again.predict(image)[0].probs, first)
+    (tmp_path / "moved" / "cls.pt").unlink()
+    with pytest.raises(AutotimmError, match="source model file is gone"):
+        load(tmp_path / "moved" / "out", backend="pytorch")
