@@ -11,12 +11,12 @@ still run.  Exit codes: 0 all images done, 2 usage error or any image failed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import List, Optional
 
+from .. import _json as strict_json
 from .common import add_model_arguments, make_parser, model_overrides, run_main
 
 _COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
@@ -110,7 +110,7 @@ def _body(args: argparse.Namespace) -> int:
                "iou_thr": rule.iou_thresh if args.iou_thr is None else args.iou_thr,
                "max_det": rule.max_detections if args.max_det is None else args.max_det}} if detection else {}),
            "images": records}
-    atomic_write_text(args.out / name, json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(args.out / name, strict_json.dumps(doc, indent=1) + "\n")
     print(f"\nwrote {args.out / name} ({len(records) - failed} ok, {failed} failed) in {time.time() - start:.1f}s")
     return 2 if failed else 0
 

@@ -32,6 +32,7 @@ import os
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
+from .. import _json as strict_json
 from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove_file
 from ..errors import EngineCorrupt, EngineIncompatible
 
@@ -62,7 +63,7 @@ def cache_key(fields: Dict) -> str:
 
 def write_sidecar(engine_path: str | Path, sidecar: Dict) -> Path:
     path = sidecar_path(engine_path)
-    atomic_write_text(path, json.dumps(sidecar, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, strict_json.dumps(sidecar, indent=2, sort_keys=False) + "\n")
     return path
 
 

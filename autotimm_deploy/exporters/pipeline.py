@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnx
 
+from .. import _json as strict_json
 from .. import __version__
 from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove_file, sha256_file
 from ..engines.library import ENGINE_CHOICES
@@ -315,7 +316,7 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         if engine_info is not None:
             parity["engine"] = engine_info["parity"]
             md.append(f"# Engine `{engine_info['artifact']['file']}`\n\n{engine_info['parity']['summary']}\n")
-        atomic_write_text(out_dir / "parity.json", json.dumps(parity, indent=2) + "\n")
+        atomic_write_text(out_dir / "parity.json", strict_json.dumps(parity, indent=2) + "\n")
         atomic_write_text(out_dir / "parity.md", "\n".join(md))
         artifacts += [{"role": "parity-report", "file": "parity.json"}, {"role": "parity-report-md", "file": "parity.md"}]
     for a in artifacts:  # the manifest records every file's SHA-256 (those not hashed when written, now)
@@ -345,7 +346,7 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
     if detection:
         manifest["strides"] = list(model.strides)
     manifest["class_names"] = loaded.metadata.get("class_names")
-    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")  # written last
+    atomic_write_text(out_dir / "manifest.json", strict_json.dumps(manifest, indent=2) + "\n")  # written last
     return manifest
 
 

@@ -99,7 +99,7 @@ class DetectionAgreement:
     score_thr: float
     iou_thr: float
     min_match: float
-    unmatched_best_iou: float = float("nan")  # median IoU of unmatched references with their best same-class box
+    unmatched_best_iou: Optional[float] = None  # median IoU of unmatched references with their best same-class box
 
     @property
     def matched_fraction(self) -> float:
@@ -202,7 +202,7 @@ def match_detections(ref: Sequence[Dict[str, np.ndarray]], cand: Sequence[Dict[s
             else:
                 best_unmatched.append(float(iou[i].max()))
     return DetectionAgreement(n_ref, n_cand, matched, max_diff, score_thr, iou_thr, min_match,
-                              float(np.median(best_unmatched)) if best_unmatched else float("nan"))
+                              float(np.median(best_unmatched)) if best_unmatched else None)
 
 
 def _stats(name: str, ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> OutputStats:

@@ -4,8 +4,8 @@
   file name, ``name`` = the level); a failed level carries ``<failure message=...>``, a level that
   could not run ``<skipped message=...>`` (``<failure>`` under ``strict``).
 - ``parity.json`` (format ``autotimm-parity/1``): model, inputs, thresholds, versions and per
-  artifact and level the status, message and numbers.  Non-finite numbers are written as strings
-  (``"inf"``, ``"nan"``) so the file is strict JSON.
+  artifact and level the status, message and numbers, as strict JSON (:mod:`autotimm_deploy._json`: a missing
+  number is ``null``, an infinite one ``"inf"``).
 - Markdown: a verdict table (artifact x level), the task metrics next to PyTorch's and each
   failure's message; written for ``$GITHUB_STEP_SUMMARY`` and similar job summaries.
 """
@@ -13,13 +13,12 @@
 from __future__ import annotations
 
 import json
-import math
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from .._atomic import atomic_write_text
+from .._json import strict
 from .suite import SuiteResult
 
 __all__ = ["to_junit", "to_json", "to_markdown", "write_reports", "REPORT_FORMAT"]
@@ -27,20 +26,8 @@ __all__ = ["to_junit", "to_json", "to_markdown", "write_reports", "REPORT_FORMAT
 REPORT_FORMAT = "autotimm-parity/1"
 
 
-def _safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    if isinstance(x, dict):
-        return {str(k): _safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_safe(v) for v in x]
-    if hasattr(x, "item") and not isinstance(x, (str, bytes)):  # numpy scalars
-        return _safe(x.item())
-    return x
-
-
 def to_dict(result: SuiteResult) -> dict:
-    return _safe({
+    return strict({
         "format": REPORT_FORMAT,
         "passed": result.passed,
         "exit_code": result.exit_code,

@@ -398,7 +398,7 @@ def _detection_level(report, rule: DetectionRule, tensor: LevelResult) -> LevelR
     if ok:
         return LevelResult("detection", "pass", text, 0.0, details)
     hints = []
-    if d.matched < d.reference and np.isfinite(d.unmatched_best_iou):
+    if d.matched < d.reference and d.unmatched_best_iou is not None:
         hints.append(f"unmatched detections' best same-class IoU: median {d.unmatched_best_iou:.2f}")
     failing = [o["name"] for o in tensor.details.get("outputs", []) if not o["passed"]]
     if failing:

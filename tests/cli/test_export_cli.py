@@ -116,3 +116,30 @@ def test_fp16_and_engine_usage_errors(tmp_path, capsys, argv, message, monkeypat
     assert main([str(demo_model_path("detector")), "--out", str(tmp_path / "o"), "--no-check", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def _strict(path):
+    def refuse(constant):
+        raise ValueError(f"{path.name}: {constant} is not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_every_json_file_written_is_strict_json(tmp_path):
+    """parity.json and manifest.json held a bare NaN (``"unmatched_best_iou": NaN`` when every detection matched),
+    which strict parsers such as JavaScript's reject (issue 13, item 1)."""
+    from autotimm_deploy.cli.infer import main as infer_main
+    from autotimm_deploy.cli.parity import main as parity_main
+    from autotimm_deploy.demo.shapes import write_detection_split
+
+    out = tmp_path / "det"
+    assert main([str(demo_model_path("detector")), "--out", str(out), "--fp16"]) == 0
+    data = write_detection_split(tmp_path / "data", "test", 4)
+    assert infer_main([str(out), *map(str, sorted(data.glob("*.png"))), "--out", str(tmp_path / "inf")]) == 0
+    assert parity_main([str(demo_model_path("detector")), str(out), "--data", str(data), "--report",
+                        str(tmp_path / "rep"), "-q"]) == 0
+    files = sorted(out.glob("*.json")) + [tmp_path / "inf" / "detections.json", tmp_path / "rep" / "parity.json"]
+    assert {"manifest.json", "parity.json", "model.fp16.engine.json"} <= {p.name for p in files}
+    docs = {str(p.relative_to(tmp_path)): _strict(p) for p in files}
+    det = docs["det/parity.json"]["reports"][0]["detections"]
+    assert det["matched"] == det["reference"] and det["unmatched_best_iou"] is None  # missing, not NaN
