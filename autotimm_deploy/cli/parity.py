@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _body(args: argparse.Namespace) -> int:
     from ..errors import ParityError
-    from ..parity.reports import to_markdown, write_reports
+    from ..parity.reports import artifact_names, to_markdown, write_reports
     from ..parity.suite import load_thresholds, check_artifacts
 
     if args.limit is not None and args.limit < 1:
@@ -86,11 +86,12 @@ def _body(args: argparse.Namespace) -> int:
         with open(args.summary, "a") as f:
             f.write(to_markdown(result))
     fails = result.failures()
+    names = dict(zip([a.path for a in result.artifacts], artifact_names([a.path for a in result.artifacts])))
     levels = sum(len(a.levels) for a in result.artifacts)
     skipped = sum(lv.status == "skipped" for a in result.artifacts for lv in a.levels)
     if fails:
         print(f"autotimm-parity: FAIL: {len(fails)} of {levels} checks failed "
-              f"({', '.join(f'{Path(a.path).name} {lv.level}' for a, lv in fails)})", file=sys.stderr)
+              f"({', '.join(f'{names[a.path]} {lv.level}' for a, lv in fails)})", file=sys.stderr)
     else:
         print(f"autotimm-parity: PASS: {levels - skipped} checks passed"
               + (f", {skipped} skipped (see the report)" if skipped else "") + f" in {result.seconds:.1f} s")

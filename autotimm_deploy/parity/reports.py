@@ -48,12 +48,28 @@ def to_json(result: SuiteResult) -> str:
     return json.dumps(to_dict(result), indent=2, allow_nan=False) + "\n"
 
 
+def artifact_names(paths) -> list:
+    """Short names that tell the artifacts apart: the file name, or as much of the path as it takes (two export
+    folders both hold a ``model.onnx``).
+
+    >>> artifact_names(["a/x/model.onnx", "b/x/model.onnx", "a/x/model.fp16.onnx"])
+    ['a/x/model.onnx', 'b/x/model.onnx', 'model.fp16.onnx']
+    """
+    parts = [Path(p).parts for p in paths]
+    names = []
+    for i, pp in enumerate(parts):
+        depth = 1
+        while depth < len(pp) and any(j != i and q[-depth:] == pp[-depth:] for j, q in enumerate(parts)):
+            depth += 1
+        names.append("/".join(pp[-depth:]))
+    return names
+
+
 def to_junit(result: SuiteResult) -> str:
-    """JUnit XML: one testsuite per artifact, one testcase per level."""
+    """JUnit XML: one testsuite per artifact, one testcase per level; names unique within the run."""
     root = ET.Element("testsuites", name="autotimm-parity", time=f"{result.seconds:.3f}")
     totals = {"tests": 0, "failures": 0, "skipped": 0}
-    for a in result.artifacts:
-        name = Path(a.path).name
+    for a, name in zip(result.artifacts, artifact_names([a.path for a in result.artifacts])):
         suite = ET.SubElement(root, "testsuite", name=f"parity {name}")
         props = ET.SubElement(suite, "properties")
         for k, v in (("model", result.model["path"]), ("model_sha256", result.model["sha256"]),
@@ -102,10 +118,11 @@ def to_markdown(result: SuiteResult) -> str:
              "| artifact | precision | decode | " + " | ".join(
                  lv for lv in ("tensor", "detection", "task") if any(a.level(lv) for a in result.artifacts)) + " |"]
     levels = [lv for lv in ("tensor", "detection", "task") if any(a.level(lv) for a in result.artifacts)]
+    names = dict(zip([a.path for a in result.artifacts], artifact_names([a.path for a in result.artifacts])))
     lines.append("|---|---|---|" + "---|" * len(levels))
     for a in result.artifacts:
         cells = [_MARK[a.level(lv).status] if a.level(lv) else "-" for lv in levels]
-        lines.append(f"| `{Path(a.path).name}` | {a.precision.upper()} | {a.decode} | " + " | ".join(cells) + " |")
+        lines.append(f"| `{names[a.path]}` | {a.precision.upper()} | {a.decode} | " + " | ".join(cells) + " |")
     with_metrics = [a for a in result.artifacts if a.metrics]
     if with_metrics:
         keys = [k for k in ("map", "map50", "top1", "top1_agreement") if any(k in a.metrics for a in with_metrics)]
@@ -115,19 +132,19 @@ def to_markdown(result: SuiteResult) -> str:
         lines.append("| PyTorch FP32 (reference) | " + " | ".join(_metric(ref, k) if k != "top1_agreement" else "100.00"
                                                                     for k in keys) + " |")
         for a in with_metrics:
-            lines.append(f"| `{Path(a.path).name}` | " + " | ".join(_metric(a.metrics, k) for k in keys) + " |")
+            lines.append(f"| `{names[a.path]}` | " + " | ".join(_metric(a.metrics, k) for k in keys) + " |")
     notes = []
     for a in result.artifacts:
         rest = [lv for lv in a.levels if lv.status != "pass"]
         if len(rest) > 1 and len({(lv.status, lv.message) for lv in rest}) == 1 and len(rest) == len(a.levels):
-            notes.append(f"- `{Path(a.path).name}` every level: {_MARK[rest[0].status]}: {rest[0].message}")
+            notes.append(f"- `{names[a.path]}` every level: {_MARK[rest[0].status]}: {rest[0].message}")
         else:
-            notes += [f"- `{Path(a.path).name}` {lv.level}: {_MARK[lv.status]}: {lv.message}" for lv in rest]
+            notes += [f"- `{names[a.path]}` {lv.level}: {_MARK[lv.status]}: {lv.message}" for lv in rest]
     if notes:
         lines += ["", "### Failures and skipped levels", "", *notes]
     for a in result.artifacts:
         for n in a.notes:
-            lines.append(f"- `{Path(a.path).name}`: note: {n}")
+            lines.append(f"- `{names[a.path]}`: note: {n}")
     return "\n".join(lines) + "\n"
 
 

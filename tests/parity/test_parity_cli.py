@@ -228,3 +228,17 @@ def test_console_script_exit_codes(work, tmp_path):
     bad = subprocess.run([str(exe), str(DET), str(tmp_path / "bad.onnx"), "--random", "2", "-q"],
                          capture_output=True, text=True)
     assert bad.returncode == 1 and "FAIL" in bad.stderr and "bad.onnx tensor" in bad.stderr
+
+
+def test_two_export_folders_in_one_run_have_distinct_junit_names(work, tmp_path, capsys):
+    """Both folders hold model.onnx: the suites and cases were named after the file alone, so CI systems
+    merged or overwrote them (issue 13, item 11)."""
+    rc, report, out = _run([DET, work / "det", work / "det_raw", "--random", "2"], tmp_path, capsys)
+    assert rc == 0
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    suites = [s.get("name") for s in root.iter("testsuite")]
+    cases = [(c.get("classname"), c.get("name")) for c in root.iter("testcase")]
+    assert len(suites) == len(set(suites)) == 4 and len(cases) == len(set(cases))
+    assert "parity det/model.onnx" in suites and "parity det_raw/model.onnx" in suites
+    md = (tmp_path / "rep" / "parity.md").read_text()
+    assert "`det/model.onnx`" in md and "`det_raw/model.onnx`" in md
