@@ -138,6 +138,18 @@ class ParityReport:
             text += f"; detections {d.matched}/{d.reference} matched"
         return text
 
+    def polygraphy_flags(self) -> str:
+        """``--atol``/``--rtol`` for ``polygraphy run`` with this check's tolerance for every output by name
+        (one ``--atol 1.0`` would let a scores output in [0, 1] never fail).
+
+        >>> rep = ParityReport("m.onnx", "boxes", True, [OutputStats("boxes", 0, 0, 0, 1.0, 1e-2, True),
+        ...     OutputStats("scores", 0, 0, 0, 1e-2, 1e-2, True)], None, [], True, 0.0)
+        >>> rep.polygraphy_flags()
+        '--atol boxes:1 scores:0.01 --rtol boxes:0.01 scores:0.01'
+        """
+        return (f"--atol {' '.join(f'{o.name}:{o.atol:g}' for o in self.outputs)} "
+                f"--rtol {' '.join(f'{o.name}:{o.rtol:g}' for o in self.outputs)}")
+
     def to_markdown(self) -> str:
         lines = [f"# Parity: `{self.artifact}` vs PyTorch", "",
                  f"Verdict: **{'PASS' if self.passed else 'FAIL'}** (decode `{self.decode}`, "
@@ -147,6 +159,10 @@ class ParityReport:
         for o in self.outputs:
             lines.append(f"| `{o.name}` | {o.max_abs:.3g} | {o.max_rel:.3g} | {o.out_of_tolerance:.2%} | {o.atol:g} | "
                          f"{o.rtol:g} | {'pass' if o.passed else '**FAIL**'} |")
+        lines += ["", "Reproduce the tensor check with Polygraphy (the same per-output tolerances; top-k exports are "
+                      "compared by rank there, by candidate index here):", "", "```bash",
+                  f"polygraphy run {self.artifact} --onnxrt --load-inputs inputs.json --load-outputs pytorch_outputs.json "
+                  f"{self.polygraphy_flags()}", "```"]
         if self.topk_boundary_ties:
             lines += ["", f"Top-k: {self.topk_boundary_ties} candidate(s) swapped at rank k with a score within the "
                           "score tolerance of the cut (compared by index, see `align_topk`)."]
