@@ -29,8 +29,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ..errors import AutotimmError, EngineIncompatible
-from ..models.family import Family, Preprocess, family_from_metadata
+from ..models.family import Family, family_from_metadata
 from .backends import Backend, EngineBackend, OnnxRuntimeBackend, TorchBackend, onnxruntime_providers
+from .images import ImageLike, Letterbox, letterbox_images, load_image
 
 __all__ = ["ArtifactInfo", "Detections", "Classification", "Predictor", "load", "load_image", "Letterbox",
            "letterbox_images", "probabilities"]
@@ -76,23 +77,6 @@ class ArtifactInfo:
 
 
 @dataclass
-class Letterbox:
-    """How an image was placed in the network input: ``x_net = x_img * scale + (pad_x, pad_y)``."""
-
-    scale: float
-    width: int  # original image size
-    height: int
-    pad_x: float = 0.0
-    pad_y: float = 0.0
-
-    def to_image(self, boxes: np.ndarray) -> np.ndarray:
-        out = (boxes - np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)) / self.scale
-        out[:, 0::2] = out[:, 0::2].clip(0, self.width)
-        out[:, 1::2] = out[:, 1::2].clip(0, self.height)
-        return out
-
-
-@dataclass
 class Detections:
     boxes: np.ndarray  # (n, 4) xyxy in original image pixels
     scores: np.ndarray
@@ -120,77 +104,6 @@ class Classification:
     def to_dict(self) -> Dict:
         return {"top": [{"class_name": n, "prob": round(p, 6)} for n, p in self.top(5)],
                 "probs": [round(float(p), 6) for p in self.probs]}
-
-
-ImageLike = Union[np.ndarray, str, Path, "PIL.Image.Image"]  # noqa: F821
-
-
-def load_image(image: ImageLike) -> np.ndarray:
-    """An RGB uint8 HxWx3 array from a path, a PIL image or an array (gray and RGBA are converted)."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, (str, Path)):
-        try:
-            with Image.open(image) as im:
-                return np.asarray(im.convert("RGB"))
-        except FileNotFoundError:
-            raise AutotimmError(f"{image}: no such image file") from None
-        except (UnidentifiedImageError, OSError) as exc:
-            raise AutotimmError(f"{image}: not a readable image ({exc.__class__.__name__}: {exc})") from None
-    if hasattr(image, "convert"):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or min(arr.shape[:2]) < 1:
-        raise AutotimmError(f"expected an HxWx3 RGB image, got an array of shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        raise AutotimmError(f"expected uint8 pixels (0-255), got {arr.dtype}")
-    return arr[..., :3]
-
-
-def letterbox_images(images: Sequence[np.ndarray], size: Tuple[int, int], mean: Sequence[float],
-                     std: Sequence[float], preprocess: Optional[Preprocess] = None) -> Tuple[np.ndarray, List[Letterbox]]:
-    """Resize uint8 HxWx3 images into ``size`` as ``preprocess`` says (default: letterbox, top-left, mean-colour
-    padding) and normalise: float32 (B, 3, H, W) and where each image went.
-
-    >>> batch, boxes = letterbox_images([np.zeros((50, 100, 3), np.uint8)], (64, 64), (0.5,) * 3, (0.25,) * 3)
-    >>> batch.shape, boxes[0].scale, float(batch[0, 0, 0, 0]), float(batch[0, 0, 63, 0])
-    ((1, 3, 64, 64), 0.64, -2.0, 0.0)
-    >>> centred = Preprocess(align="center", fill=(114, 114, 114))
-    >>> _, boxes = letterbox_images([np.zeros((50, 100, 3), np.uint8)], (64, 64), (0.5,) * 3, (0.25,) * 3, centred)
-    >>> boxes[0].pad_x, boxes[0].pad_y
-    (0, 16)
-    """
-    from PIL import Image
-
-    pre = preprocess or Preprocess()
-    th, tw = size
-    mean = np.asarray(mean, np.float32)
-    std = np.asarray(std, np.float32)
-    fill = mean if pre.fill is None else np.asarray(pre.fill, np.float32) / 255.0
-    batch = np.empty((len(images), 3, th, tw), np.float32)
-    boxes = []
-    for k, img in enumerate(images):
-        h, w = img.shape[:2]
-        if pre.resize == "resize_crop":  # torchvision Resize(shorter side) + CenterCrop, AutoTimm's classifier eval
-            short = int(min(th, tw) / pre.crop_fraction)
-            nh, nw = (int(short * h / w), short) if w <= h else (short, int(short * w / h))
-            scale = short / min(h, w)
-            px, py = -int(round((nw - tw) / 2.0)), -int(round((nh - th) / 2.0))
-        else:
-            scale = min(th / h, tw / w)
-            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-            px, py = ((tw - nw) // 2, (th - nh) // 2) if pre.align == "center" else (0, 0)
-        resized = img if (nh, nw) == (h, w) else np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
-        canvas = np.empty((th, tw, 3), np.float32)
-        canvas[...] = fill
-        ys, xs = max(py, 0), max(px, 0)
-        ye, xe = min(py + nh, th), min(px + nw, tw)
-        canvas[ys:ye, xs:xe] = resized[ys - py:ye - py, xs - px:xe - px].astype(np.float32) / 255.0
-        batch[k] = ((canvas - mean) / std).transpose(2, 0, 1)
-        boxes.append(Letterbox(scale, w, h, px, py))
-    return batch, boxes
 
 
 def probabilities(logits: np.ndarray, family: Family) -> np.ndarray:

@@ -1,4 +1,4 @@
-// autotimm_detect ENGINE IMAGE.ppm [--score-thr T] [--iou-thr T] [--max-det N]
+// autotimm_detect ENGINE IMAGE.ppm [--score-thr T] [--iou-thr T] [--max-det N] [--exif-orientation N]
 // Runs a fused-decode detector engine (autotimm-export --decode boxes) on a PPM image and prints
 // {"images": [...]} in the format of autotimm-infer's detections.json.  Preprocessing and the
 // post-processing rule and thresholds come from the model family recorded in the engine's sidecar.
@@ -16,7 +16,8 @@ using namespace autotimm;
 
 int main(int argc, char** argv) {
   if (argc < 3) {
-    std::fprintf(stderr, "usage: autotimm_detect ENGINE IMAGE.ppm [--score-thr T] [--iou-thr T] [--max-det N]\n");
+    std::fprintf(stderr, "usage: autotimm_detect ENGINE IMAGE.ppm [--score-thr T] [--iou-thr T] [--max-det N] "
+                         "[--exif-orientation N]\n");
     return 2;
   }
   try {
@@ -27,13 +28,15 @@ int main(int argc, char** argv) {
     if (m.preprocess.resize != "letterbox")
       throw std::runtime_error("the model's preprocessing '" + m.preprocess.resize + "' is not implemented here");
     PostprocessConfig cfg = m.postprocess;  // the model family's rule and the model's own thresholds
+    int orientation = 1;                    // EXIF orientation of the decoded picture: boxes in the displayed frame
     for (int i = 3; i + 1 < argc; i += 2) {
       if (!std::strcmp(argv[i], "--score-thr")) cfg.score_thresh = std::stof(argv[i + 1]);
       else if (!std::strcmp(argv[i], "--iou-thr")) cfg.iou_thresh = std::stof(argv[i + 1]);
       else if (!std::strcmp(argv[i], "--max-det")) cfg.max_detections = std::stoi(argv[i + 1]);
+      else if (!std::strcmp(argv[i], "--exif-orientation")) orientation = std::stoi(argv[i + 1]);
       else throw std::runtime_error(std::string("unknown option ") + argv[i]);
     }
-    const Image img = read_ppm(argv[2]);
+    const Image img = apply_exif_orientation(read_ppm(argv[2]), orientation);
     std::vector<float> chw(static_cast<size_t>(3) * m.input_h * m.input_w);
     const Letterbox lb = letterbox_normalize(img, m.input_h, m.input_w, m.mean, m.std, chw.data(), m.preprocess);
     std::vector<std::vector<long>> shapes;

@@ -60,6 +60,43 @@ Image read_raw_rgb(const std::string& path, int width, int height) {
   return img;
 }
 
+void write_ppm(const Image& img, const std::string& path) {
+  std::ofstream out(path, std::ios::binary);
+  if (!out) throw std::runtime_error(path + ": cannot write");
+  out << "P6\n" << img.width << " " << img.height << "\n255\n";
+  out.write(reinterpret_cast<const char*>(img.rgb.data()), static_cast<std::streamsize>(img.rgb.size()));
+  if (!out) throw std::runtime_error(path + ": write failed");
+}
+
+Image apply_exif_orientation(const Image& img, int orientation) {
+  if (orientation < 1 || orientation > 8)
+    throw std::runtime_error("EXIF orientation must be 1-8, got " + std::to_string(orientation));
+  const int w = img.width, h = img.height;
+  const bool swap = orientation >= 5;  // 5-8 exchange width and height
+  Image out;
+  out.width = swap ? h : w;
+  out.height = swap ? w : h;
+  out.rgb.resize(img.rgb.size());
+  for (int y = 0; y < out.height; ++y) {
+    for (int x = 0; x < out.width; ++x) {
+      int sx = x, sy = y;  // the stored pixel shown at (x, y)
+      switch (orientation) {
+        case 2: sx = w - 1 - x; break;
+        case 3: sx = w - 1 - x; sy = h - 1 - y; break;
+        case 4: sy = h - 1 - y; break;
+        case 5: sx = y; sy = x; break;
+        case 6: sx = y; sy = h - 1 - x; break;
+        case 7: sx = w - 1 - y; sy = h - 1 - x; break;
+        case 8: sx = w - 1 - y; sy = x; break;
+        default: break;
+      }
+      for (int c = 0; c < 3; ++c)
+        out.rgb[(static_cast<size_t>(y) * out.width + x) * 3 + c] = img.rgb[(static_cast<size_t>(sy) * w + sx) * 3 + c];
+    }
+  }
+  return out;
+}
+
 Letterbox letterbox_normalize(const Image& img, int net_h, int net_w, const std::array<float, 3>& mean,
                               const std::array<float, 3>& std, float* chw, const Preprocess& pre) {
   Letterbox lb;

@@ -128,3 +128,21 @@ def test_cpp_matches_python_with_the_autotimm_rule(build, tmp_path):
                      3000, family=AUTOTIMM_FCOS)
     per_location = (scores.max(axis=2) > 0.05).sum()
     assert per_location > 2 * 1000 and total > 1000  # more than a 1000 pre-NMS top-k would let through
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_cpp_exif_orientation_matches_pil(build, tmp_path, orientation):
+    """The C++ runtime reads PPM (no EXIF): callers decoding JPEGs pass the orientation tag, and the displayed
+    picture is PIL's exif_transpose of it, as in the Python runtime (issue 13, item 5)."""
+    from PIL import ImageOps
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    (tmp_path / "in.ppm").write_bytes(b"P6\n5 3\n255\n" + stored.tobytes())
+    res = subprocess.run([str(build / "autotimm_image"), str(tmp_path / "in.ppm"), str(tmp_path / "out.ppm"),
+                          "--exif-orientation", str(orientation)], capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "stored.png", exif=exif)
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "stored.png")))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out.ppm")), expected)

@@ -19,6 +19,13 @@ struct Image {
 Image read_ppm(const std::string& path);
 // Raw interleaved RGB bytes of a known size.
 Image read_raw_rgb(const std::string& path, int width, int height);
+// Writes a binary PPM (P6, maxval 255).
+void write_ppm(const Image& img, const std::string& path);
+
+// The displayed picture of an image stored with EXIF orientation 1-8, as PIL's ImageOps.exif_transpose and the
+// Python runtime: 2 mirror, 3 rotate 180, 4 flip, 5 transpose, 6 rotate 90 clockwise, 7 transverse, 8 rotate 90
+// counter-clockwise.  Run it before letterbox_normalize so that boxes are in the displayed frame.
+Image apply_exif_orientation(const Image& img, int orientation);
 
 // Where a letterboxed image goes and what fills the rest (a model family's "preprocess" declaration).
 struct Preprocess {
