@@ -73,12 +73,17 @@ def share_identical_constants(graph: gs.Graph) -> gs.Graph:
     import hashlib
 
     kept: Dict[tuple, gs.Constant] = {}
+    names: Dict[str, gs.Constant] = {}
     for node in graph.nodes:
         for i, t in enumerate(node.inputs):
             if isinstance(t, gs.Constant):
-                arr = np.ascontiguousarray(t.values)
+                arr = np.asarray(t.values)  # not ascontiguousarray: it makes a 0-d scalar 1-d
                 key = (arr.dtype.str, arr.shape, hashlib.sha256(arr.tobytes()).digest())
-                node.inputs[i] = kept.setdefault(key, t)
+                if key not in kept:
+                    while names.get(t.name, t) is not t:  # two different constants with one name: keep both
+                        t.name = f"{t.name}_{len(names)}"
+                    kept[key] = names[t.name] = t
+                node.inputs[i] = kept[key]
     return graph.cleanup()
 
 

@@ -140,3 +140,21 @@ def test_fused_graph_grows_only_by_the_decode_constants(detector, mode):
     values = [onnx.numpy_helper.to_array(i) for i in fused.graph.initializer]
     distinct = {(v.dtype.str, v.shape, v.tobytes()) for v in values}
     assert len(distinct) == len(values)
+
+
+def test_constants_are_shared_only_when_dtype_shape_and_value_all_agree():
+    """A scalar 2 and a one-element [2] are different constants (Slice needs the 1-D one): sharing them broke
+    every dynamic-H/W export."""
+    import onnx_graphsurgeon as gs
+
+    from autotimm_deploy.exporters.surgery import share_identical_constants
+
+    x = gs.Variable("x", dtype=np.float32, shape=[4])
+    consts = [gs.Constant("a", np.array([2], np.int64)), gs.Constant("b", np.array(2, np.int64)),
+              gs.Constant("c", np.array([2], np.int64)), gs.Constant("d", np.array([2], np.int32))]
+    outs = [gs.Variable(f"y{i}", dtype=np.float32) for i in range(4)]
+    nodes = [gs.Node("Identity", inputs=[x, c], outputs=[o]) for c, o in zip(consts, outs)]
+    graph = share_identical_constants(gs.Graph(nodes=nodes, inputs=[x], outputs=outs))
+    used = [n.inputs[1] for n in graph.nodes]
+    assert used[0] is used[2] and len({id(c) for c in used}) == 3
+    assert [np.asarray(c.values).shape for c in used] == [(1,), (), (1,), (1,)]
