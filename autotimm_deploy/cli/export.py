@@ -116,7 +116,9 @@ def _body(args: argparse.Namespace) -> int:
         for rep in parity["reports"]:
             worst = ", ".join(f"{o['name']} {o['max_abs']:.2g}" for o in rep["outputs"][:4])
             det = rep.get("detections")
-            det_s = f"; detections matched {det['matched']}/{det['reference']}" if det else ""
+            det_s = ("; detections not informative (nothing compared)" if det and det["status"] == "not informative"
+                     else f"; detections matched {det['matched']}/{det['reference']}"
+                     + (" (top candidates: none above the threshold)" if det["basis"] == "top-k" else "") if det else "")
             print(f"parity {rep['artifact']}: {'PASS' if rep['passed'] else 'FAIL'} (max abs err: {worst}{det_s})")
         if parity.get("engine"):
             print(f"parity engine: {parity['engine']['summary']}")

@@ -88,9 +88,16 @@ class OutputStats:
                 f"on {self.out_of_tolerance:.2%} of elements")
 
 
+#: Candidates per image compared when the model makes no detection above the detection threshold (an untrained or
+#: low-confidence model): the best ones after NMS, whatever their score, so the check still measures something.
+FALLBACK_TOP_K = 20
+
+
 @dataclass
 class DetectionAgreement:
-    """Reference detections (score >= score_thr) matched by class and IoU >= iou_thr."""
+    """Reference detections (score >= score_thr) matched by class and IoU >= iou_thr.  ``basis`` says what was
+    compared: detections above the threshold, or (when there were none) the top-K candidates per image.  A check
+    that compared nothing is ``not informative``: it neither passes nor fails."""
 
     reference: int
     candidate: int
@@ -100,14 +107,29 @@ class DetectionAgreement:
     iou_thr: float
     min_match: float
     unmatched_best_iou: Optional[float] = None  # median IoU of unmatched references with their best same-class box
+    basis: str = "threshold"  # threshold | top-k
 
     @property
-    def matched_fraction(self) -> float:
-        return self.matched / self.reference if self.reference else 1.0
+    def matched_fraction(self) -> Optional[float]:
+        return self.matched / self.reference if self.reference else None
+
+    @property
+    def status(self) -> str:
+        if not self.reference:
+            return "not informative"
+        return "pass" if self.matched_fraction >= self.min_match else "fail"
 
     @property
     def passed(self) -> bool:
-        return self.matched_fraction >= self.min_match
+        """Not failed (a check that compared nothing does not fail an export; it is shown as not informative)."""
+        return self.status != "fail"
+
+    def describe(self) -> str:
+        what = (f"score >= {self.score_thr}" if self.basis == "threshold" else
+                f"no detection scored >= {self.score_thr}: the top {FALLBACK_TOP_K} candidates per image")
+        if not self.reference:
+            return f"detections: not informative (nothing to compare: {what})"
+        return f"detections {self.matched}/{self.reference} matched ({what})"
 
 
 @dataclass
@@ -126,6 +148,7 @@ class ParityReport:
         d = asdict(self)
         if self.detections is not None:
             d["detections"]["matched_fraction"] = self.detections.matched_fraction
+            d["detections"]["status"] = self.detections.status
             d["detections"]["passed"] = self.detections.passed
         return d
 
@@ -134,8 +157,7 @@ class ParityReport:
         worst = sorted(self.outputs, key=lambda o: -o.max_abs / max(o.atol, 1e-30))[:3]
         text = ", ".join(f"{o.name} err {o.max_abs:.2g} (atol {o.atol:g})" for o in worst)
         if self.detections is not None:
-            d = self.detections
-            text += f"; detections {d.matched}/{d.reference} matched"
+            text += f"; {self.detections.describe()}"
         return text
 
     def polygraphy_flags(self) -> str:
@@ -168,10 +190,12 @@ class ParityReport:
                           "score tolerance of the cut (compared by index, see `align_topk`)."]
         if self.detections is not None:
             d = self.detections
-            lines += ["", f"Detections (score >= {d.score_thr}, same class, IoU >= {d.iou_thr}): "
-                          f"{d.matched}/{d.reference} matched ({d.matched_fraction:.2%}, need {d.min_match:.0%}); "
-                          f"artifact has {d.candidate}; max score difference {d.max_score_diff:.3g}. "
-                          f"{'pass' if d.passed else '**FAIL**'}"]
+            if d.status == "not informative":
+                lines += ["", f"Detections: **not informative**: {d.describe()}."]
+            else:
+                lines += ["", f"Detections ({d.describe()}; same class, IoU >= {d.iou_thr}): "
+                              f"{d.matched_fraction:.2%} matched (need {d.min_match:.0%}); artifact has {d.candidate}; "
+                              f"max score difference {d.max_score_diff:.3g}. {'pass' if d.passed else '**FAIL**'}"]
         return "\n".join(lines) + "\n"
 
 
@@ -297,12 +321,8 @@ def run_parity(
                                    next((p.shape_mismatch for p in per if p.shape_mismatch), "")))
     det = None
     if model.family.task == "detection":
-        ref_d, out_d = [], []
-        for feed, ri, oi in zip(data, ref_iters, out_iters):
-            size = tuple(feed["images"].shape[-2:])
-            ref_d += detections_from_outputs(dict(ri), decode_mode, model.strides, size, family=model.family)
-            out_d += detections_from_outputs(dict(oi), decode_mode, model.strides, size, family=model.family)
-        det = match_detections(ref_d, out_d, **{"box_atol": tolerances.for_output("boxes")[0], **(detection_kwargs or {})})
+        kwargs = {"box_atol": tolerances.for_output("boxes")[0], **(detection_kwargs or {})}
+        det = _detection_agreement(model, data, ref_iters, out_iters, decode_mode, kwargs)
     if save_dir is not None:
         save_dir = Path(save_dir)
         save_dir.mkdir(parents=True, exist_ok=True)
@@ -316,6 +336,29 @@ def run_parity(
     # not a dataclass field (not serialised): the outputs, for task-level metrics on the same run
     report.results = ([dict(r) for r in ref_iters], [dict(o) for o in out_iters])
     return report
+
+
+def _detection_agreement(model, data, ref_iters, out_iters, decode_mode: str, kwargs: Dict) -> DetectionAgreement:
+    """Detections of both sides with the family's post-processing, matched above the detection threshold; when
+    the reference has none there, the top :data:`FALLBACK_TOP_K` candidates per image (any score) instead."""
+    def both(score_thresh=None, ref_max=None, out_max=None):
+        ref_d, out_d = [], []
+        for feed, ri, oi in zip(data, ref_iters, out_iters):
+            size = tuple(feed["images"].shape[-2:])
+            post = dict(decode_mode=decode_mode, strides=model.strides, image_size=size, score_thresh=score_thresh,
+                        family=model.family)
+            ref_d += detections_from_outputs(dict(ri), max_detections=ref_max, **post)
+            out_d += detections_from_outputs(dict(oi), max_detections=out_max, **post)
+        return ref_d, out_d
+
+    det = match_detections(*both(), **kwargs)
+    if det.reference:
+        return det
+    # the artifact's best 2K: a candidate that swapped with a near-equal one just below the K-th is still found
+    ref_d, out_d = both(0.0, FALLBACK_TOP_K, 2 * FALLBACK_TOP_K)
+    det = match_detections(ref_d, out_d, **{**kwargs, "score_thr": 0.0})
+    det.score_thr, det.basis = kwargs.get("score_thr", 0.3), "top-k"
+    return det
 
 
 def align_topk(ref: Dict[str, np.ndarray], out: Dict[str, np.ndarray], score_atol: float) -> int:

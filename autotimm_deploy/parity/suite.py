@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from ..errors import AutotimmError, ParityError
-from .check import FP16_TOLERANCES, FP32_TOLERANCES, Tolerances
+from .check import FALLBACK_TOP_K, FP16_TOLERANCES, FP32_TOLERANCES, Tolerances
 
 if TYPE_CHECKING:  # the model-file side is imported when checking (it pulls in torch and timm)
     from ..models.io import ModelOverrides
@@ -387,12 +387,14 @@ def _tensor_level(report, seconds: float) -> LevelResult:
 def _detection_level(report, rule: DetectionRule, tensor: LevelResult) -> LevelResult:
     d = report.detections
     details = {**asdict(d), "matched_fraction": d.matched_fraction, "rule": asdict(rule)}
-    if d.reference == 0:
-        return LevelResult("detection", "skipped", f"PyTorch made no detection with score >= {rule.score_thresh} "
-                                                   "on these inputs: nothing to match", 0.0, details)
+    if d.status == "not informative":  # never a pass: said as such, and a failure under --strict
+        return LevelResult("detection", "skipped", "not informative: PyTorch gave no detection and no candidate on "
+                                                   "these inputs: nothing to match", 0.0, details)
     frac = d.matched_fraction
     ok = frac >= rule.min_match and d.max_score_diff <= rule.max_score_diff
-    text = (f"{d.matched}/{d.reference} PyTorch detections (score >= {rule.score_thresh}) matched by class and "
+    what = (f"PyTorch detections (score >= {rule.score_thresh})" if d.basis == "threshold" else
+            f"of PyTorch's top candidates (none scored >= {rule.score_thresh}: the best {FALLBACK_TOP_K} per image)")
+    text = (f"{d.matched}/{d.reference} {what} matched by class and "
             f"IoU >= {rule.iou} ({frac:.1%}, need {rule.min_match:.0%}); max score difference {d.max_score_diff:.3g} "
             f"(limit {rule.max_score_diff:g})")
     if ok:

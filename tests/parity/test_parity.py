@@ -88,3 +88,31 @@ def test_match_detections():
     assert abs(r.max_score_diff - 0.1) < 1e-9
     wrong_class = [dict(ref[0], labels=np.array([1, 0]))]
     assert match_detections(ref, wrong_class).matched == 0
+
+
+def test_detection_check_of_a_low_confidence_model_compares_top_candidates(tmp_path):
+    """An untrained detector scores ~0.005 everywhere: nothing reaches the 0.3 detection threshold, and the check
+    used to print "detections 0/0 matched ... PASS".  It now compares the top candidates, which pass for the
+    model's own export and fail for another model's (issue 13, item 2)."""
+    from autotimm_deploy import ObjectDetector
+
+    torch.manual_seed(0)
+    model = ObjectDetector("test_resnet", num_classes=4, fpn_channels=32, num_convs=1).eval()
+    torch.manual_seed(1)
+    other = ObjectDetector("test_resnet", num_classes=4, fpn_channels=32, num_convs=1).eval()
+    path = _export(model, tmp_path / "m.onnx")
+    rep = run_parity(model, path, _feeds(), "boxes")
+    d = rep.detections
+    assert d.basis == "top-k" and d.reference == 2 * 2 * 20 and d.status == "pass" and rep.passed
+    assert "top 20 candidates per image" in rep.summary() and "0/0" not in rep.summary()
+    wrong = run_parity(other, path, _feeds(), "boxes", tolerances=Tolerances(atol={"": 1.0}, rtol={"": 1.0}))
+    assert wrong.detections.basis == "top-k" and wrong.detections.status == "fail" and not wrong.passed
+
+
+def test_a_detection_check_that_compared_nothing_is_not_informative():
+    empty = [{"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32),
+              "labels": np.zeros(0, np.int64)}]
+    d = match_detections(empty, empty)
+    assert d.status == "not informative" and d.matched_fraction is None
+    assert d.passed  # it does not fail an export by itself ...
+    assert "not informative" in d.describe() and "matched" not in d.describe()  # ... and never reads as a pass
