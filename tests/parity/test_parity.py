@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import onnx
 import torch
 
@@ -116,3 +117,38 @@ def test_a_detection_check_that_compared_nothing_is_not_informative():
     assert d.status == "not informative" and d.matched_fraction is None
     assert d.passed  # it does not fail an export by itself ...
     assert "not informative" in d.describe() and "matched" not in d.describe()  # ... and never reads as a pass
+
+
+def _two_low_confidence_detectors():
+    from autotimm_deploy import ObjectDetector
+
+    models = []
+    for seed in (0, 1):  # the spec's head init: every score near sigmoid(-4.6) * 0.5, about 0.005
+        torch.manual_seed(seed)
+        models.append(ObjectDetector("test_resnet", num_classes=4, fpn_channels=32, num_convs=1).eval())
+    return models
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("decode, topk", [("raw", None), ("activations", None), ("boxes", None), ("boxes", 20)])
+def test_two_different_models_fail_each_others_parity(tmp_path, precision, decode, topk):
+    """Tolerances hold at the scale of the values compared: a low-confidence model's scores (~0.005) all lay
+    within FP16's absolute 1e-2, and top-k candidates that were simply different counted as boundary ties, so
+    an FP16 top-k export passed against another model file (issue 13, item 3).  Each artifact passes against
+    its own model and fails against the other, for every decode mode and both ONNX precisions."""
+    from autotimm_deploy.exporters.fp16 import convert_to_fp16
+    from autotimm_deploy.parity.check import FP16_TOLERANCES, FP32_TOLERANCES
+
+    a, b = _two_low_confidence_detectors()
+    raw = export_onnx(LoadedModel(a, "detection", a.config, META, "0" * 64, None), ExportConfig((64, 64)))
+    m = apply_decode(raw, decode, a.strides, 4, level_sizes((64, 64), a.strides), topk) if decode != "raw" else raw
+    if precision == "fp16":
+        m = convert_to_fp16(m)[0]
+    path = tmp_path / "a.onnx"
+    onnx.save(m, path)
+    tol = FP16_TOLERANCES if precision == "fp16" else FP32_TOLERANCES
+    own = run_parity(a, path, _feeds(), decode, topk, tolerances=tol)
+    assert own.passed, own.summary()
+    other = run_parity(b, path, _feeds(), decode, topk, tolerances=tol)
+    assert not other.passed, other.summary()
+    assert not all(o.passed for o in other.outputs)  # the tensor level itself sees it, not only the detections
