@@ -99,7 +99,8 @@ def _body(args: argparse.Namespace) -> int:
                          fp16=args.fp16, fp16_input=args.fp16_input,
                          fp32_ops=_with_default(args.fp32_ops, DEFAULT_ISLANDS.op_types),
                          fp32_nodes=_with_default(args.fp32_nodes, DEFAULT_ISLANDS.node_names),
-                         overflow_guard=not args.no_overflow_guard, engine=args.engine, target_cc=args.target_cc,
+                         overflow_guard=not args.no_overflow_guard, engine=args.engine,
+                         target_cc=tuple(t.upper() for t in args.target_cc),
                          workspace_mib=args.workspace, cache=not args.no_cache, cache_dir=args.cache_dir)
     out = args.out or args.model.with_name(args.model.stem + "_export")
     start = time.time()

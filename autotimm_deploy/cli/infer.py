@@ -67,9 +67,11 @@ def _body(args: argparse.Namespace) -> int:
     from ..engines.predictor import load, load_image
     from ..errors import AutotimmError
 
-    if (args.score_thr is not None and not 0 <= args.score_thr <= 1) or (
-            args.iou_thr is not None and not 0 < args.iou_thr <= 1) or (args.max_det is not None and args.max_det < 1):
-        raise AutotimmError("--score-thr must be in [0, 1], --iou-thr in (0, 1], --max-det >= 1")
+    for flag, value, ok, rule in (("--score-thr", args.score_thr, lambda v: 0 <= v <= 1, "in [0, 1]"),
+                                  ("--iou-thr", args.iou_thr, lambda v: 0 < v <= 1, "in (0, 1]"),
+                                  ("--max-det", args.max_det, lambda v: v >= 1, ">= 1")):
+        if value is not None and not ok(value):
+            raise AutotimmError(f"{flag} must be {rule}, got {value}")
     start = time.time()
     ov = model_overrides(args)
     predictor = load(args.artifact, args.backend, precision=args.precision, allow_host_code=args.trust_engine_host_code,

@@ -248,6 +248,9 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
     model_file = path.suffix.lower() in (".pt", ".pth", ".safetensors", ".ckpt")
     checkpoint_dir = path.is_dir() and not (path / "manifest.json").exists() and (
         any(path.glob("*.ckpt")) or any(path.glob("checkpoints/*.ckpt")))  # a Lightning log directory
+    if precision is not None and not (path.is_dir() and not checkpoint_dir) and path.name != "manifest.json":
+        raise AutotimmError(f"--precision chooses between an export directory's FP32 and FP16 ONNX; {path} is one "
+                            "file: load the file you want")
     if overrides and not (model_file or checkpoint_dir):
         raise AutotimmError(f"{path}: class names, input size and mean/std are recorded in an export; they can be given "
                             "only for a model file or checkpoint (re-export with them)")

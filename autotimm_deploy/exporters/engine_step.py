@@ -13,7 +13,7 @@ from .onnx_export import check_input_size
 if TYPE_CHECKING:
     from .pipeline import ExportOptions
 
-__all__ = ["engine_profile", "fits", "engine_step", "engine_parity"]
+__all__ = ["engine_profile", "fits", "engine_step", "engine_parity", "check_engine_options"]
 
 
 def engine_profile(size: Tuple[int, int], options: "ExportOptions", stride: int) -> Dict[str, Tuple]:
@@ -31,6 +31,31 @@ def engine_profile(size: Tuple[int, int], options: "ExportOptions", stride: int)
     else:
         mn = mx = (h, w)
     return {"images": ((lo, 3, *mn), (opt, 3, h, w), (hi, 3, *mx))}
+
+
+def check_engine_options(options: "ExportOptions", lib) -> None:
+    """The engine flags against the library that will build, before any work: ``--target-cc`` (TensorRT-RTX
+    targets only), and a cache folder that can be written."""
+    import os
+
+    from ..engines.library import RTX_TARGETS
+    from ..engines.sidecar import default_cache_dir
+
+    if options.target_cc:
+        if not lib.ahead_of_time:
+            raise ExportError(f"--target-cc applies to TensorRT-RTX builds; {lib.name} builds for the GPU present")
+        bad = [t for t in options.target_cc if t not in RTX_TARGETS]
+        if bad:
+            raise ExportError(f"--target-cc: {', '.join(bad)} is not a TensorRT-RTX target; choose from "
+                              f"{', '.join(RTX_TARGETS)} (SM90, i.e. H100/H200, is not one)")
+    if options.cache:
+        root = Path(options.cache_dir) if options.cache_dir else default_cache_dir()
+        probe = root
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise ExportError(f"--cache-dir {root} cannot be written (" + (f"{probe} is not a folder" if not probe.is_dir()
+                              else f"no write permission on {probe}") + "); pass a writable --cache-dir or --no-cache")
 
 
 def fits(shape: Sequence[int], profile: Dict[str, Tuple]) -> bool:

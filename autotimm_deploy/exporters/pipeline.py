@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import shutil
@@ -27,7 +28,7 @@ from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
 from ..models.io import LoadedModel, ModelOverrides, load_model_file
 from .onnx_export import DEFAULT_OPSET, ExportConfig, check_input_size, export_onnx, max_stride
-from .engine_step import engine_parity, engine_profile, engine_step, fits
+from .engine_step import check_engine_options, engine_parity, engine_profile, engine_step, fits
 from .fp16 import DEFAULT_ISLANDS, Fp32Islands
 from .surgery import DECODE_MODES, apply_decode, static_level_sizes
 
@@ -70,19 +71,36 @@ class ExportOptions:
     std: Optional[Tuple[float, float, float]] = None
 
     def __post_init__(self) -> None:
+        """Every option is checked here, before any work: one error naming the flag."""
         if self.decode not in DECODE_MODES:
             raise ExportError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         lo, opt, hi = self.batch
         if not 1 <= lo <= opt <= hi:
             raise ExportError(f"--batch MIN:OPT:MAX needs 1 <= MIN <= OPT <= MAX, got {lo}:{opt}:{hi}")
-        if not 7 <= self.opset <= 21:
-            raise ExportError(f"--opset must be between 7 and 21, got {self.opset}")
+        if not MIN_OPSET <= self.opset <= MAX_OPSET:
+            raise ExportError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (what the exporter and the graph "
+                              f"surgery support), got {self.opset}")
+        if self.topk is not None and self.topk < 1:
+            raise ExportError(f"--topk must be >= 1, got {self.topk}")
+        if self.topk is not None and self.decode != "boxes":
+            raise ExportError(f"--topk needs --decode boxes (got --decode {self.decode})")
+        for flag, size in (("--input-size", self.input_size), ("--min-size", self.min_size),
+                           ("--max-size", self.max_size)):
+            if size is not None and (len(size) != 2 or min(size) < 1):
+                raise ExportError(f"{flag} needs two positive numbers H W, got {' '.join(map(str, size))}")
         if self.engine not in ENGINE_CHOICES:
             raise ExportError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {self.engine!r}")
         if (self.min_size or self.max_size) and not self.dynamic_hw:
             raise ExportError("--min-size/--max-size set the engine's H/W range and need --dynamic-hw")
         if self.fp16_input and not self.fp16:
             raise ExportError("--fp16-input needs --fp16")
+        if self.workspace_mib is not None and self.workspace_mib < 1:
+            raise ExportError(f"--workspace must be >= 1 MiB, got {self.workspace_mib}")
+        unknown = [op for op in (self.fp32_ops or ()) if not onnx.defs.has(op)]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], [s.name for s in onnx.defs.get_all_schemas()], n=3)
+            raise ExportError(f"--fp32-ops: {', '.join(unknown)} is not an ONNX op type"
+                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
 
     def overrides(self) -> ModelOverrides:
         """What these options say about the model itself (input size, class names, normalisation)."""
@@ -94,6 +112,9 @@ class ExportOptions:
         return Fp32Islands(op_types=tuple(self.fp32_ops) if self.fp32_ops is not None else DEFAULT_ISLANDS.op_types,
                            node_names=tuple(self.fp32_nodes) if self.fp32_nodes is not None else DEFAULT_ISLANDS.node_names)
 
+
+#: --opset range: 13 (Unsqueeze/TopK inputs the surgery writes) to the TorchScript exporter's maximum.
+MIN_OPSET, MAX_OPSET = 13, 20
 
 #: ExportOptions left out of all recorded provenance: a local folder, which would make the records
 #: depend on where the cache lives (it changes no artifact).
@@ -164,6 +185,30 @@ def _io_info(model: onnx.ModelProto) -> Dict[str, List[Dict]]:
     return {"inputs": info(model.graph.input), "outputs": info(model.graph.output)}
 
 
+#: Every file an export may write (the manifest apart).
+_ARTIFACTS = ("model.raw.onnx", "model.onnx", "model.fp16.onnx", "model.engine", "model.engine.json",
+              "model.fp16.engine", "model.fp16.engine.json", "parity.json", "parity.md", "inputs.json",
+              "pytorch_outputs.json")
+
+
+def _stale_artifacts(options: ExportOptions) -> List[str]:
+    """The files of :data:`_ARTIFACTS` this export does not write: left from an earlier export into the same
+    folder (with --fp16, another precision's engine, a parity check), they would sit beside the new manifest.
+
+    >>> _stale_artifacts(ExportOptions(engine="none", check=False))
+    ['model.fp16.onnx', 'model.engine', 'model.engine.json', 'model.fp16.engine', 'model.fp16.engine.json', 'parity.json', 'parity.md', 'inputs.json', 'pytorch_outputs.json']
+    """
+    writes = {"model.raw.onnx", "model.onnx"}
+    if options.fp16:
+        writes.add("model.fp16.onnx")
+    if options.engine != "none":
+        engine = "model.fp16.engine" if options.fp16 else "model.engine"
+        writes |= {engine, engine + ".json"}
+    if options.check:
+        writes |= {"parity.json", "parity.md", "inputs.json", "pytorch_outputs.json"}
+    return [n for n in _ARTIFACTS if n not in writes]
+
+
 class _Steps:
     """Numbered progress lines with the total known up front."""
 
@@ -192,6 +237,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     options = options if options is not None else ExportOptions()
     say = progress or (lambda s: None)
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"--out {out_dir} is an existing file, not a folder: choose another --out")
     step = _Steps(say, 4 + options.fp16 + (options.engine != "none"))
     steps: Dict[str, float] = {}
     t0 = time.time()
@@ -211,6 +258,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
         from ..engines.library import select_library
 
         library = select_library(options.engine)  # an unusable --engine fails now, not after the export
+        check_engine_options(options, library[0])
     # every refusal above leaves no folder behind; a folder this run creates goes again if the run fails
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +292,8 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
     # from here on the folder's files change: the old manifest goes first, so that it never describes a
     # mix of old and new files if this run dies (the new manifest is written last)
     remove_file(out_dir / "manifest.json")
+    for name in _stale_artifacts(options):  # an earlier export's files this one will not replace
+        remove_file(out_dir / name)
     atomic_write_bytes(raw_path, raw.SerializeToString())
     artifacts.append({"role": "onnx-raw", "file": raw_path.name, "precision": "fp32", "decode": "raw", **_io_info(raw),
                       "sha256": sha256_file(raw_path)})

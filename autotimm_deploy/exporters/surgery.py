@@ -255,7 +255,11 @@ def add_topk(graph: gs.Graph, k: int) -> gs.Graph:
         raise ExportError("add_topk needs the boxes/scores outputs of add_box_decode; run it first")
     boxes, scores = outs["boxes"], outs["scores"]
     graph.outputs.clear()
-    best = _single(graph, "ReduceMax", [scores], "topk/best", attrs={"axes": [2], "keepdims": 0})
+    if graph.opset >= 18:  # ReduceMax takes its axes as an input from opset 18 on
+        best = _single(graph, "ReduceMax", [scores, gs.Constant("topk/axes", np.array([2], dtype=np.int64))],
+                       "topk/best", attrs={"keepdims": 0})
+    else:
+        best = _single(graph, "ReduceMax", [scores], "topk/best", attrs={"axes": [2], "keepdims": 0})
     n = _single(graph, "Gather", [_single(graph, "Shape", [best], "topk/shape", dtype=np.int64),
                                   gs.Constant("topk/one", np.array([1], dtype=np.int64))], "topk/n",
                 dtype=np.int64, attrs={"axis": 0})

@@ -196,12 +196,14 @@ def test_parse_and_build_errors_name_node_and_op(tmp_path, rtx):
         engine_from_onnx(nms, tmp_path / "nms.engine", rtx, cfg, progress=None)
 
 
-def test_build_config_validation():
+def test_build_config_validation(tmp_path):
     with pytest.raises(EngineError, match="SM90, i.e. H100/H200, is not a TensorRT-RTX target"):
         BuildConfig(targets=("SM90",))
     with pytest.raises(EngineError, match="min <= opt <= max"):
         BuildConfig(profiles=[{"images": ((4, 3, 8, 8), (1, 3, 8, 8), (8, 3, 8, 8))}])
-    assert main([str(demo_model_path("classifier")), "--target-cc", "SM90", "--no-check"]) == 2
+    out = tmp_path / "o"  # tests write only to temporary folders (this one used to default next to the demo model)
+    assert main([str(demo_model_path("classifier")), "--target-cc", "SM90", "--no-check", "--out", str(out)]) == 2
+    assert not out.exists()
 
 
 @pytest.fixture
