@@ -30,6 +30,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import platform
+import signal
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -130,22 +132,48 @@ class _Logger:
         return Logger()
 
 
-def _progress_monitor(trt, say: Callable[[str], None]):
+class _CtrlC:
+    """Ctrl-C during a build.  Python raises KeyboardInterrupt in whatever Python code runs next, which during a
+    build is a logger or progress callback, and the library swallows exceptions raised in its callbacks (an
+    export interrupted during the build used to finish with exit 0).  While the library runs, SIGINT only sets
+    ``pressed`` (the progress monitor then cancels the build); leaving the block raises KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+
+    def __enter__(self) -> "_CtrlC":
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._press)
+        return self
+
+    def _press(self, signum, frame) -> None:
+        self.pressed = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        if self.pressed and exc[0] is None:
+            raise KeyboardInterrupt
+
+
+def _progress_monitor(trt, say: Callable[[str], None], ctrl_c: "_CtrlC"):
     base = getattr(trt, "IProgressMonitor", None)
     if base is None:
         return None
 
     class Monitor(base):
+        """Progress lines; cancels the build once Ctrl-C was pressed (``ctrl_c``, see :class:`_CtrlC`)."""
+
         def __init__(self):
             base.__init__(self)
-            self.depth = 0
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             if parent_phase is None:
                 say(f"  builder: {phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name, step):
-            return True  # never cancel
+            return not ctrl_c.pressed  # False cancels the build
 
         def phase_finish(self, phase_name):
             pass
@@ -179,7 +207,9 @@ def build_engine(onnx_path: str | Path, lib: TrtLibrary, config: BuildConfig, pr
         raise EngineError(f"{lib.name} could not create a builder: {'; '.join(logger.errors) or 'no reason given'}")
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    with _CtrlC():  # the parser logs through Python callbacks too
+        parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed:
         errs = []
         for i in range(parser.num_errors):
             e = parser.get_error(i)
@@ -233,11 +263,12 @@ def build_engine(onnx_path: str | Path, lib: TrtLibrary, config: BuildConfig, pr
     dynamic = [t.name for t in inputs if any(d < 0 for d in t.shape)]
     if dynamic and not config.profiles:
         raise EngineError(f"inputs {dynamic} have dynamic dims: give an optimisation profile (--batch MIN:OPT:MAX)")
-    monitor = _progress_monitor(trt, say) if progress is not None else None
-    if monitor is not None and hasattr(cfg, "progress_monitor"):
-        cfg.progress_monitor = monitor
     start = time.time()
-    serialized = builder.build_serialized_network(network, cfg)
+    with _CtrlC() as ctrl_c:  # Ctrl-C cancels the build and raises KeyboardInterrupt afterwards
+        monitor = _progress_monitor(trt, say, ctrl_c)  # always: it is also what cancels the build
+        if monitor is not None and hasattr(cfg, "progress_monitor"):
+            cfg.progress_monitor = monitor
+        serialized = builder.build_serialized_network(network, cfg)
     seconds = time.time() - start
     if serialized is None:
         raise EngineBuildError(f"{lib.name} {lib.version} failed to build {onnx_path.name}: "
