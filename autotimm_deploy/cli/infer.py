@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-thr", type=float, default=None, help="NMS IoU threshold (default: the model's)")
     p.add_argument("--max-det", type=int, default=None, help="detections per image (default: the model's)")
     p.add_argument("--class-agnostic", action="store_true", help="NMS across classes")
+    p.add_argument("--resize", choices=["fit", "native"], default="fit",
+                   help="fit (default): into the model's input size, the same on every backend; native: at the "
+                        "image's resolution where the artifact takes dynamic H/W (--dynamic-hw exports, model files)")
     p.add_argument("--no-draw", action="store_true", help="do not write the PNG pictures")
     p.add_argument("--trust-engine-host-code", action="store_true",
                    help="let an engine run the host (CPU) code it embeds; off by default: only for engines you trust")
@@ -85,7 +88,8 @@ def _body(args: argparse.Namespace) -> int:
     for path in args.images:
         try:
             image = load_image(path)
-            result = predictor.predict(image, args.score_thr, args.iou_thr, args.max_det, args.class_agnostic)[0]
+            result = predictor.predict(image, args.score_thr, args.iou_thr, args.max_det, args.class_agnostic,
+                                       args.resize)[0]
         except Exception as exc:  # one failing image (or a backend failing on it) must not stop the others
             failed += 1
             msg = str(exc) if isinstance(exc, AutotimmError) else \

@@ -124,9 +124,12 @@ class Predictor:
     def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         return self.backend.infer(feed)
 
-    def _target_size(self, h: int, w: int) -> Tuple[int, int]:
+    def _target_size(self, h: int, w: int, resize: str) -> Tuple[int, int]:
+        """The network input size for an HxW image: ``fit`` (every backend's default): the model's input size;
+        ``native``: the image's own size padded up to a stride multiple, where the artifact takes dynamic H/W
+        and that size lies in its profile (else ``fit``)."""
         info = self.info
-        if info.dynamic_hw:
+        if resize == "native" and info.dynamic_hw:
             s = max(info.strides) if info.strides else 32
             th, tw = -(-h // s) * s, -(-w // s) * s
             lo, hi = info.hw_range or ((s, s), (1 << 30, 1 << 30))
@@ -142,19 +145,26 @@ class Predictor:
 
     def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thresh: Optional[float] = None,
                 iou_thresh: Optional[float] = None, max_detections: Optional[int] = None,
-                class_agnostic: bool = False) -> List[Union[Detections, Classification]]:
+                class_agnostic: bool = False, resize: str = "fit") -> List[Union[Detections, Classification]]:
         """Run on one image or a list; returns one result per image, in order.  Thresholds left ``None`` are
         the model's own (``info.family.postprocess``: an AutoTimm checkpoint's score/NMS thresholds and
-        maximum detections; 0.05 / 0.6 / 100 for the seed's models)."""
+        maximum detections; 0.05 / 0.6 / 100 for the seed's models).
+
+        ``resize``: ``fit`` (default, the same for every backend, so an engine, an ONNX and the model file give
+        the same detections on the same image): resized into the model's input size as its family declares;
+        ``native``: at the image's own resolution (padded to a stride multiple) where the artifact takes
+        dynamic H/W (``--dynamic-hw`` exports and model files) and the size fits its profile."""
         from ..models.decode import postprocess_outputs
 
+        if resize not in ("fit", "native"):
+            raise AutotimmError(f"resize must be 'fit' or 'native', got {resize!r}")
         if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "convert"):
             images = [images]
         arrays = [load_image(im) for im in images]
         lo, hi = self.info.batch
         groups: Dict[Tuple[int, int], List[int]] = {}
         for i, a in enumerate(arrays):
-            groups.setdefault(self._target_size(*a.shape[:2]), []).append(i)
+            groups.setdefault(self._target_size(*a.shape[:2], resize), []).append(i)
         results: List = [None] * len(arrays)
         for size, idx in groups.items():
             for start in range(0, len(idx), hi):
@@ -208,7 +218,8 @@ def _model_file_info(backend: TorchBackend) -> ArtifactInfo:
     size = meta.get("input_size") or [224, 224]
     strides = tuple(getattr(loaded.model, "strides", ()))
     return ArtifactInfo(loaded.task, list(meta["class_names"]), tuple(size), tuple(meta["mean"]), tuple(meta["std"]),
-                        "raw", strides, dynamic_hw=False, family=loaded.family, overrides=meta.get("overrides", {}))
+                        "raw", strides, dynamic_hw=True, family=loaded.family,  # PyTorch takes any size
+                        overrides=meta.get("overrides", {}))
 
 
 def _source_model(export_dir: Path, source: Dict) -> Path:

@@ -189,3 +189,26 @@ def test_export_folder_finds_its_model_from_anywhere_and_when_moved_with_it(tmp_
     (tmp_path / "moved" / "cls.pt").unlink()
     with pytest.raises(AutotimmError, match="source model file is gone"):
         load(tmp_path / "moved" / "out", backend="pytorch")
+
+
+def test_one_resize_policy_for_every_backend(tmp_path):
+    """A --dynamic-hw export ran images up to twice the trained size at native resolution by default, so its
+    detections differed from the model file's on the same image (issue 13, item 12): by default every backend
+    fits the image into the model's input size; resize="native" is the same opt-in everywhere."""
+    from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
+
+    export_model(demo_model_path("detector"), tmp_path / "dyn", ExportOptions(dynamic_hw=True, engine="none",
+                                                                                 check=False), progress=None)
+    image = np.asarray(Image.fromarray(render_detection_sample(SPLIT_SEEDS["test"] + 3, size=128)[0]).resize((230, 180)))
+    onnx_pred, torch_pred = load(tmp_path / "dyn", backend="onnxruntime"), load(demo_model_path("detector"))
+    sizes = []
+    orig = onnx_pred.backend.infer
+    onnx_pred.backend.infer = lambda feed: sizes.append(feed["images"].shape[-2:]) or orig(feed)
+    for resize, size in (("fit", (128, 128)), ("native", (256, 256))):
+        a = onnx_pred.predict(image, score_thresh=0.3, resize=resize)[0]
+        b = torch_pred.predict(image, score_thresh=0.3, resize=resize)[0]
+        assert sizes[-1] == size and len(b.labels) >= 1
+        assert a.labels.tolist() == b.labels.tolist()
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=1e-2)
+    with pytest.raises(AutotimmError, match="resize must be 'fit' or 'native'"):
+        torch_pred.predict(image, resize="stretch")
