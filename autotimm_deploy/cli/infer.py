@@ -3,9 +3,11 @@
 ARTIFACT is an export directory (or its manifest.json), an .engine, an .onnx, a model file or an
 AutoTimm checkpoint.  Thresholds default to the model's own post-processing (an AutoTimm model's
 score_thresh / nms_thresh / max_detections_per_image; 0.05 / 0.6 / 100 for the seed's models).
-Writes ``DIR/detections.json`` (or ``classifications.json``) and one PNG per image with the boxes and
-labels drawn, and prints a short table.  An unreadable image gives one error line and the others
-still run.  Exit codes: 0 all images done, 2 usage error or any image failed.
+Writes ``DIR/detections.json`` (or ``classifications.json``) and one picture per image with the boxes and
+labels drawn at the image's scale (JPEG for JPEG inputs, else PNG; inputs that share a file name get
+distinct pictures), and prints a table.  Images run in batches as large as the artifact takes.  An
+unreadable image gives one error line and the others still run.  Exit codes: 0 all images done, 2 usage
+error or any image failed.
 """
 
 from __future__ import annotations
@@ -18,10 +20,7 @@ from typing import List, Optional
 
 from .. import _json as strict_json
 from .common import add_model_arguments, make_parser, model_overrides, run_main
-
-_COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-            (240, 50, 230), (210, 245, 60)]
-
+from .draw import draw_result, picture_names
 
 def build_parser() -> argparse.ArgumentParser:
     p = make_parser("autotimm-infer", __doc__)
@@ -39,30 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=["fit", "native"], default="fit",
                    help="fit (default): into the model's input size, the same on every backend; native: at the "
                         "image's resolution where the artifact takes dynamic H/W (--dynamic-hw exports, model files)")
-    p.add_argument("--no-draw", action="store_true", help="do not write the PNG pictures")
+    p.add_argument("--no-draw", action="store_true", help="do not write the pictures")
+    p.add_argument("--format", choices=["auto", "jpg", "png"], default="auto",
+                   help="picture format (default auto: JPEG for JPEG inputs, else PNG)")
     p.add_argument("--trust-engine-host-code", action="store_true",
                    help="let an engine run the host (CPU) code it embeds; off by default: only for engines you trust")
     add_model_arguments(p)
     return p
-
-
-def _draw(image, result, path: Path) -> None:
-    from PIL import Image, ImageDraw
-
-    img = Image.fromarray(image)
-    draw = ImageDraw.Draw(img)
-    if hasattr(result, "boxes"):
-        for b, s, l, n in zip(result.boxes, result.scores, result.labels, result.class_names):
-            c = _COLOURS[int(l) % len(_COLOURS)]
-            draw.rectangle([float(v) for v in b], outline=c, width=2)
-            draw.text((float(b[0]) + 2, float(b[1]) + 1), f"{n} {s:.2f}", fill=c)
-    else:
-        name, prob = result.top(1)[0]
-        draw.text((3, 3), f"{name} {prob:.2f}", fill=(255, 255, 255))
-    from .._atomic import atomic_open
-
-    with atomic_open(path, "wb") as f:
-        img.save(f, format="PNG")
 
 
 def _body(args: argparse.Namespace) -> int:
@@ -80,34 +62,55 @@ def _body(args: argparse.Namespace) -> int:
     predictor = load(args.artifact, args.backend, precision=args.precision, allow_host_code=args.trust_engine_host_code,
                      overrides=ov.to_dict() or None)
     print(f"backend: {predictor.describe()}", file=sys.stderr)
+    post = (args.score_thr, args.iou_thr, args.max_det, args.class_agnostic, args.resize)
     args.out.mkdir(parents=True, exist_ok=True)
     records, failed = [], 0
     detection = predictor.info.task == "detection"
     rule = predictor.info.family.postprocess
-    print(f"\n{'image':<32} {'size':>9} {'n':>4}  {'top results'}")
-    for path in args.images:
+    pictures = picture_names(args.images, args.format)
+    width = max(len("image"), *(len(str(p)) for p in args.images))  # whole paths: never cut
+    print(f"\n{'image':<{width}} {'size':>9} {'n':>4}  top results")
+    per_call = max(1, predictor.info.batch[1])  # as many images per run as the profile takes
+    for start_k in range(0, len(args.images), per_call):
+        chunk = list(range(start_k, min(start_k + per_call, len(args.images))))
+        loaded = {}
+        for k in chunk:
+            try:
+                loaded[k] = load_image(args.images[k])
+            except Exception as exc:  # one unreadable image must not stop the others
+                loaded[k] = exc
+        ok = [k for k in chunk if not isinstance(loaded[k], Exception)]
+        results = {}
         try:
-            image = load_image(path)
-            result = predictor.predict(image, args.score_thr, args.iou_thr, args.max_det, args.class_agnostic,
-                                       args.resize)[0]
-        except Exception as exc:  # one failing image (or a backend failing on it) must not stop the others
-            failed += 1
-            msg = str(exc) if isinstance(exc, AutotimmError) else \
-                f"{path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            print(f"autotimm-infer: error: {msg}", file=sys.stderr)
-            records.append({"image": str(path), "error": msg})
-            continue
-        records.append({"image": str(path), **result.to_dict()})
-        if detection:
-            top = ", ".join(f"{n} {s:.2f}" for n, s in zip(result.class_names[:3], result.scores[:3]))
-            n = len(result.boxes)
-        else:
-            top = ", ".join(f"{n} {p:.2f}" for n, p in result.top(3))
-            n = 1
-        h, w = image.shape[:2]
-        print(f"{str(path)[-32:]:<32} {w:>4}x{h:<4} {n:>4}  {top}")
-        if not args.no_draw:
-            _draw(image, result, args.out / f"{path.stem}.png")
+            results.update(zip(ok, predictor.predict([loaded[k] for k in ok], *post)))
+        except Exception:  # a backend failing on the batch: run its images one by one to find which
+            for k in ok:
+                try:
+                    results[k] = predictor.predict(loaded[k], *post)[0]
+                except Exception as exc:
+                    loaded[k] = exc
+        for k in chunk:
+            path, image = args.images[k], loaded[k]
+            if isinstance(image, Exception):
+                failed += 1
+                msg = str(image) if isinstance(image, AutotimmError) else \
+                    f"{path}: {type(image).__name__}: {str(image).splitlines()[0] if str(image) else ''}"
+                print(f"autotimm-infer: error: {msg}", file=sys.stderr)
+                records.append({"image": str(path), "error": msg})
+                continue
+            result = results[k]
+            picture = None if args.no_draw else args.out / pictures[k]
+            records.append({"image": str(path), **({"picture": picture.name} if picture else {}), **result.to_dict()})
+            if detection:
+                top = ", ".join(f"{n} {s:.2f}" for n, s in zip(result.class_names[:3], result.scores[:3]))
+                n = len(result.boxes)
+            else:
+                top = ", ".join(f"{n} {p:.2f}" for n, p in result.top(3))
+                n = 1
+            h, w = image.shape[:2]
+            print(f"{str(path):<{width}} {w:>4}x{h:<4} {n:>4}  {top}")
+            if picture is not None:
+                draw_result(image, result, picture, args.format)
     name = "detections.json" if detection else "classifications.json"
     doc = {"artifact": str(args.artifact), "backend": predictor.backend.name, "source": predictor.source,
            "family": predictor.info.family.name, **({"postprocess": {

@@ -69,8 +69,8 @@ def test_output_path_that_is_a_file_exits_2(tmp_path, capsys):
     target = tmp_path / "a_file"
     target.write_text("x")
     assert main([str(demo_model_path("detector")), "--out", str(target)]) == 2
-    err = capsys.readouterr().err
-    assert f"File exists: {target}" in err and "Traceback" not in err
+    err = capsys.readouterr().err  # it used to say only "File exists: ..." (issue 13, item 8)
+    assert f"--out {target} is an existing file, not a folder" in err and "Traceback" not in err
 
 
 def test_parity_failure_exits_1(tmp_path, monkeypatch, capsys):
