@@ -60,9 +60,6 @@ class RawOutput:
         if self.role not in _ROLES:
             raise ValueError(f"role must be one of {_ROLES}, got {self.role!r}")
 
-    def num_channels(self, num_classes: int) -> int:
-        return num_classes if self.channels == "num_classes" else int(self.channels)
-
 
 @dataclass(frozen=True)
 class Postprocess:
@@ -199,11 +196,6 @@ class Family:
         from dataclasses import replace
 
         return replace(self, postprocess=replace(self.postprocess, **changes))
-
-    def with_preprocess(self, **changes: Any) -> "Family":
-        from dataclasses import replace
-
-        return replace(self, preprocess=replace(self.preprocess, **changes))
 
 
 def _known(kind, d: Dict[str, Any]) -> Dict[str, Any]:
