@@ -88,6 +88,8 @@ def normalize(text: str, paths: Tuple[str, ...] = ()) -> str:
     for p in sorted(paths, key=len, reverse=True):
         text = text.replace(p, "<PATH>")
     text = re.sub(r"<PATH>[^\"\s]*", "<PATH>", text)
+    # the manifest's model path relative to the export folder depends on where each folder is
+    text = re.sub(r'"relative_to_export": "[^"]*"', '"relative_to_export": "<PATH>"', text)
     return _NUM.sub("N", _HEX.sub("<H>", text))
 
 
