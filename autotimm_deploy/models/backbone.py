@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import timm
 from torch import nn
@@ -41,6 +41,28 @@ def _create(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
         ) from exc
 
 
+def _all_levels(name: str, **kwargs: Any) -> List[Tuple[int, int]]:
+    """(out_index, stride) of every level timm can return for ``name``.
+
+    timm's ``features_only`` default returns only some levels (sedarknet21: strides 1-16, its stride-32
+    stage is index 5), so the list comes from the full model's ``feature_info``, built on the meta device
+    (no memory, no weights); models that cannot be built there fall back to the ``features_only`` default."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            info = getattr(timm.create_model(name, pretrained=False, **kwargs), "feature_info", None)
+        if info and all("reduction" in f for f in info):
+            return [(i, int(f["reduction"])) for i, f in enumerate(info)]
+    except Exception:  # fall back to timm's features_only default below, which raises a clear error itself
+        pass
+    try:
+        probe = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
+    except Exception as exc:
+        raise ValueError(f"timm backbone {name!r} does not support features_only: {exc}") from exc
+    return [(int(i), int(r)) for i, r in zip(probe.feature_info.out_indices, probe.feature_info.reduction())]
+
+
 def create_feature_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """Create a timm ``features_only`` backbone returning [C3, C4, C5] (strides 8, 16, 32).
 
@@ -58,24 +80,19 @@ def create_feature_backbone(name: str, pretrained: bool = False, **kwargs: Any) 
     _check_name(name)
     if "features_only" in kwargs or "out_indices" in kwargs:
         raise ValueError("create_feature_backbone chooses features_only/out_indices itself; do not pass them")
-    try:
-        probe = timm.create_model(name, pretrained=False, features_only=True, **kwargs)
-    except Exception as exc:
-        raise ValueError(f"timm backbone {name!r} does not support features_only: {exc}") from exc
-    reductions = list(probe.feature_info.reduction())
+    levels = _all_levels(name, **kwargs)
+    reductions = [r for _, r in levels]
     indices: List[int] = []
     for stride in FEATURE_STRIDES:
         # the last level with this reduction is the deepest (most semantic) one
-        matches = [i for i, r in enumerate(reductions) if r == stride]
+        matches = [i for i, r in levels if r == stride]
         if not matches:
             raise ValueError(
                 f"backbone {name!r} has feature levels with strides {reductions}; "
                 f"the FPN needs levels at strides {list(FEATURE_STRIDES)}"
             )
         indices.append(matches[-1])
-    out_indices = tuple(probe.feature_info.out_indices[i] for i in indices)
-    del probe
-    return _create(name, pretrained, features_only=True, out_indices=out_indices, **kwargs)
+    return _create(name, pretrained, features_only=True, out_indices=tuple(indices), **kwargs)
 
 
 def backbone_channels(backbone: nn.Module) -> List[int]:

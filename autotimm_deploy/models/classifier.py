@@ -11,7 +11,15 @@ from .detector import check_images
 from .families.seed import CLASSIFIER
 from .heads import ClassificationHead, _check_positive_int
 
-__all__ = ["ImageClassifier"]
+__all__ = ["ImageClassifier", "pooled_features"]
+
+
+def pooled_features(backbone: nn.Module) -> int:
+    """Width of what a timm model created with ``num_classes=0`` returns: timm's head contract says
+    ``head_hidden_size`` (the pre-logits output: ``forward_head(x, pre_logits=True)``), which differs from
+    ``num_features`` for models with a pre-logits head (mobilenetv3, ghostnet, hgnetv2, fasternet ...)."""
+    width = getattr(backbone, "head_hidden_size", None)
+    return int(width) if width else int(backbone.num_features)
 
 
 class ImageClassifier(nn.Module):
@@ -44,7 +52,7 @@ class ImageClassifier(nn.Module):
         }
         self.num_classes = num_classes
         self.backbone = _create(backbone, pretrained_backbone, num_classes=0, **(backbone_kwargs or {}))
-        self.head = ClassificationHead(self.backbone.num_features, num_classes, dropout=dropout)
+        self.head = ClassificationHead(pooled_features(self.backbone), num_classes, dropout=dropout)
 
     def forward(self, images: Tensor) -> Tensor:
         check_images(images)

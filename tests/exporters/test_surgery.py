@@ -158,3 +158,25 @@ def test_constants_are_shared_only_when_dtype_shape_and_value_all_agree():
     used = [n.inputs[1] for n in graph.nodes]
     assert used[0] is used[2] and len({id(c) for c in used}) == 3
     assert [np.asarray(c.values).shape for c in used] == [(1,), (), (1,), (1,)]
+
+
+def test_box_decode_uses_the_networks_level_sizes_not_input_over_stride():
+    """pit_ti_224's maps at 224 are 27/14/7 (not 28/14/7): the decode takes each level's size from the
+    exported graph; the input/stride formula does not even pass shape inference."""
+    from autotimm_deploy import ObjectDetector
+    from autotimm_deploy.exporters.surgery import static_level_sizes
+
+    torch.manual_seed(0)
+    model = ObjectDetector("pit_ti_224", num_classes=4, fpn_channels=32, num_convs=1).eval()
+    raw = _raw(model, size=(224, 224))
+    sizes = static_level_sizes(raw)
+    assert sizes[:3] == [(27, 27), (14, 14), (7, 7)] and sizes != level_sizes((224, 224), model.strides)
+    with pytest.raises(Exception):
+        apply_decode(raw, "boxes", model.strides, 4, level_sizes((224, 224), model.strides))
+    m = apply_decode(raw, "boxes", model.strides, 4, sizes)
+    x = np.random.default_rng(2).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    got = _run(m, x)
+    ref = reference_outputs(model, torch.from_numpy(x), "boxes")
+    assert got["boxes"].shape == (1, sum(h * w for h, w in sizes), 4)
+    np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=1e-2, rtol=1e-4)
+    np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-4, rtol=1e-3)

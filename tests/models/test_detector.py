@@ -86,3 +86,16 @@ def test_image_classifier():
         ImageClassifier("test_resnet", num_classes=0)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         model(torch.randn(2, 64, 64))
+
+
+@pytest.mark.parametrize("name", ["mobilenetv3_small_050", "ghostnet_050", "hgnetv2_b0", "fasternet_t0"])
+def test_image_classifier_sizes_its_head_from_timms_pre_logits_width(name):
+    """Models with a pre-logits head (conv_head / head_hidden_size != num_features) failed on the first forward."""
+    model = ImageClassifier(name, num_classes=5).eval()
+    feats = model.backbone(torch.randn(2, 3, 64, 64))
+    assert model.head.fc.in_features == feats.shape[1] == model.backbone.head_hidden_size
+    assert model.backbone.head_hidden_size != model.backbone.num_features  # the case that failed
+    with torch.no_grad():
+        pooled = model.backbone.forward_head(model.backbone.forward_features(torch.randn(1, 3, 64, 64)), pre_logits=True)
+    assert pooled.shape[1] == model.head.fc.in_features
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)

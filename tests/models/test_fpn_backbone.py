@@ -67,3 +67,15 @@ def test_pretrained_fails_clearly_without_network(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(Exception, match="could not fetch pretrained weights for 'resnet18'.*pretrained=False"):
         create_feature_backbone("resnet18", pretrained=True)
+
+
+def test_backbone_finds_levels_beyond_timms_default_out_indices():
+    """sedarknet21's features_only default stops at stride 16: its stride-32 stage (index 5) was never seen."""
+    import timm
+
+    assert timm.create_model("sedarknet21", features_only=True).feature_info.reduction() == [1, 2, 4, 8, 16]
+    bb = create_feature_backbone("sedarknet21")
+    assert bb.feature_info.reduction() == [8, 16, 32]
+    assert bb.feature_info.out_indices == (3, 4, 5)
+    outs = bb(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape[2:]) for o in outs] == [(8, 8), (4, 4), (2, 2)]
