@@ -130,7 +130,7 @@ class Predictor:
         and that size lies in its profile (else ``fit``)."""
         info = self.info
         if resize == "native" and info.dynamic_hw:
-            s = max(info.strides) if info.strides else 32
+            s = max(info.strides) if info.strides else 1  # a pooled classifier takes any size
             th, tw = -(-h // s) * s, -(-w // s) * s
             lo, hi = info.hw_range or ((s, s), (1 << 30, 1 << 30))
             if lo[0] <= th <= hi[0] and lo[1] <= tw <= hi[1]:

@@ -40,7 +40,11 @@ def detector_output_names(num_levels: int = 5, family=SEED_FCOS) -> List[str]:
 
 
 def max_stride(model: nn.Module) -> int:
-    """Largest stride of the backbone (32 for the usual timm backbones), from timm's ``feature_info``."""
+    """What the input's H and W must be multiples of: a detector's largest backbone stride (32 for the usual
+    timm backbones, from timm's ``feature_info``), so that its FPN levels line up; 1 for a classifier, whose
+    global pooling takes any size (a fixed-size model such as levit_128s at 224 is checked by its export)."""
+    if not getattr(model, "strides", None):  # detectors declare their level strides; classifiers pool
+        return 1
     info = getattr(model.backbone, "feature_info", None)
     if hasattr(info, "reduction"):  # features_only backbones (detectors)
         return int(info.reduction()[-1])

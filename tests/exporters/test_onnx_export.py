@@ -97,3 +97,22 @@ def test_opset_selectable(small_classifier):
 def test_bad_sizes_name_nearest_valid(size, message):
     with pytest.raises(ExportError, match=message):
         check_input_size(size, 32)
+
+
+def test_classifier_size_need_not_be_a_stride_multiple(small_detector):
+    """levit_128s is fixed at 224 and its last stride is 64: a pooled classifier was refused at its own size.
+    Detectors keep the stride-multiple rule (their FPN levels must line up)."""
+    from autotimm_deploy import ImageClassifier
+    from autotimm_deploy.exporters.onnx_export import max_stride
+
+    torch.manual_seed(0)
+    model = ImageClassifier("levit_128s", num_classes=3).eval()
+    assert model.backbone.feature_info[-1]["reduction"] == 64 and max_stride(model) == 1
+    m = export_onnx(_loaded(model, "classification"), ExportConfig((224, 224)))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(_session(m).run(None, {"images": x.numpy()})[0], ref, atol=1e-4, rtol=1e-3)
+    assert max_stride(small_detector) == 32
+    with pytest.raises(ExportError, match="not a multiple of the backbone's largest stride 32"):
+        export_onnx(_loaded(small_detector, "detection"), ExportConfig((100, 96)))
