@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
+import os
+import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import onnx
 import torch
@@ -60,6 +63,8 @@ def check_input_size(size: Sequence[int], stride: int) -> Tuple[int, int]:
     out = []
     for name, v in zip(("height", "width"), size):
         v = int(v)
+        if v < 1:
+            raise ExportError(f"input {name} must be a positive number of pixels, got {v}")
         if v < stride or v % stride:
             lo = max(stride, (v // stride) * stride)
             hi = max(stride, math.ceil(v / stride) * stride)
@@ -155,25 +160,22 @@ def export_onnx(loaded: LoadedModel, config: ExportConfig) -> onnx.ModelProto:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"the model does not run in PyTorch at input {tuple(dummy.shape)}: {first}") from exc
     ref = ref if isinstance(ref, tuple) else (ref,)
-    buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                view,
-                (dummy,),
-                buf,
-                input_names=["images"],
-                output_names=output_names,
-                opset_version=config.opset,
-                dynamic_axes=dynamic_axes or None,
-                do_constant_folding=True,
-                dynamo=False,
-            )
+        onnx_model = _export_torchscript(view, dummy, output_names, config.opset, dynamic_axes)
+        exporter = "torchscript"
     except Exception as exc:  # unsupported op, tracing failure
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"ONNX export of {loaded.config.get('backbone')!r} failed: {first}") from exc
-    onnx_model = onnx.load_from_string(buf.getvalue())
+        if not (dynamic_axes and "input size not accessible" in first):
+            raise ExportError(f"ONNX export of {loaded.config.get('backbone')!r} failed: {first}") from exc
+        # ops such as adaptive_max_pool2d (bat_resnext26ts) and Unfold (halonet) need static sizes in the
+        # TorchScript exporter; the dynamo exporter keeps them symbolic (slower: 20-80 s; opset >= 18)
+        try:
+            onnx_model = _export_dynamo(view, dummy, output_names, config)
+        except Exception as exc2:
+            second = str(exc2).strip().splitlines()[0] if str(exc2).strip() else type(exc2).__name__
+            raise ExportError(f"ONNX export of {loaded.config.get('backbone')!r} failed: {first}; the dynamo "
+                              f"exporter also failed: {second}") from exc2
+        exporter = f"dynamo exporter (the TorchScript exporter failed: {first.split(' Please feel free')[0][:160]})"
     shapes = {}
     for name, t in zip(output_names, ref):
         dims: List = list(t.shape)
@@ -185,12 +187,56 @@ def export_onnx(loaded: LoadedModel, config: ExportConfig) -> onnx.ModelProto:
         shapes[name] = dims
     _set_output_shapes(onnx_model, shapes)
     onnx_model = reinfer_shapes(onnx_model)
-    set_metadata(onnx_model, build_metadata(loaded, config, (h, w)))
+    set_metadata(onnx_model, {**build_metadata(loaded, config, (h, w)), "exporter": exporter})
     try:
         onnx.checker.check_model(onnx_model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported ONNX failed the checker: {str(exc).splitlines()[0]}") from exc
     return onnx_model
+
+
+@contextlib.contextmanager
+def _stdout_fd_silenced():
+    """On failure the TorchScript exporter's C++ logger writes the whole graph (thousands of lines) to fd 1
+    (torch's setup_onnx_logging tests a function object for truth, so its log is always on): send fd 1 to
+    /dev/null for the export; the failure itself still arrives as the exception."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _export_torchscript(view: nn.Module, dummy: torch.Tensor, names: List[str], opset: int,
+                        dynamic_axes: Dict[str, Dict[int, str]]) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), _stdout_fd_silenced():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(view, (dummy,), buf, input_names=["images"], output_names=names, opset_version=opset,
+                          dynamic_axes=dynamic_axes or None, do_constant_folding=True, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _export_dynamo(view: nn.Module, dummy: torch.Tensor, names: List[str], config: ExportConfig) -> onnx.ModelProto:
+    """torch.export + the dynamo ONNX exporter at opset max(18, --opset) (it converts to lower opsets poorly),
+    with the same symbolic dimensions as the TorchScript path."""
+    dims: Dict[int, Any] = {}
+    if config.dynamic_batch:
+        dims[0] = torch.export.Dim("batch", min=1, max=4096)
+    if config.dynamic_hw:
+        dims.update({2: torch.export.Dim("height", min=1, max=16384), 3: torch.export.Dim("width", min=1, max=16384)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(view, (dummy,), None, input_names=["images"], output_names=names,
+                                    opset_version=max(18, config.opset), dynamic_shapes={"images": dims},
+                                    dynamo=True, verbose=False)
+    program.optimize()
+    return program.model_proto
 
 
 def build_metadata(loaded: LoadedModel, config: ExportConfig, size: Tuple[int, int]) -> Dict[str, str]:

@@ -27,7 +27,7 @@ from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove
 from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
 from ..models.io import LoadedModel, ModelOverrides, load_model_file
-from .onnx_export import DEFAULT_OPSET, ExportConfig, check_input_size, export_onnx, max_stride
+from .onnx_export import DEFAULT_OPSET, ExportConfig, check_input_size, export_onnx, get_metadata, max_stride
 from .engine_step import check_engine_options, engine_parity, engine_profile, engine_step, fits
 from .fp16 import DEFAULT_ISLANDS, Fp32Islands
 from .surgery import DECODE_MODES, apply_decode, static_level_sizes
@@ -287,6 +287,9 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
          f"batch {'dynamic' if cfg.dynamic_batch else 'static'}, H/W {'dynamic' if cfg.dynamic_hw else 'static'})")
     raw = export_onnx(loaded, cfg)
     steps["export"] = time.time() - t
+    exporter = get_metadata(raw).get("exporter", "torchscript")
+    if exporter != "torchscript":
+        say(f"      exported with the {exporter}, opset {raw.opset_import[0].version}")
     artifacts = []
     raw_path = out_dir / "model.raw.onnx"
     # from here on the folder's files change: the old manifest goes first, so that it never describes a
@@ -384,6 +387,8 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         "input_size": list(size),
         "batch": list(options.batch),
         "dynamic_hw": options.dynamic_hw,
+        "onnx_exporter": {"path": exporter.split(" ")[0], "opset": raw.opset_import[0].version,
+                          "why": None if exporter == "torchscript" else exporter},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
         "artifacts": artifacts,
         "parity": parity,

@@ -116,3 +116,27 @@ def test_classifier_size_need_not_be_a_stride_multiple(small_detector):
     assert max_stride(small_detector) == 32
     with pytest.raises(ExportError, match="not a multiple of the backbone's largest stride 32"):
         export_onnx(_loaded(small_detector, "detection"), ExportConfig((100, 96)))
+
+
+def test_dynamo_fallback_when_torchscript_needs_static_sizes(capfd):
+    """bat_resnext26ts's adaptive_max_pool2d cannot be exported by the TorchScript exporter with a dynamic
+    batch ("input size not accessible"): the export falls back to the dynamo exporter, says so in the
+    metadata, keeps the batch dynamic and matches PyTorch on two batch sizes, without the exporter's graph dump."""
+    from autotimm_deploy import ImageClassifier
+
+    torch.manual_seed(0)
+    model = ImageClassifier("bat_resnext26ts", num_classes=3).eval()
+    m = export_onnx(_loaded(model, "classification"), ExportConfig((256, 256)))
+    exporter = get_metadata(m)["exporter"]
+    assert exporter.startswith("dynamo exporter (the TorchScript exporter failed: ") and "adaptive_max_pool2d" in exporter
+    assert m.opset_import[0].version == 18 and _dims(m.graph.input[0])[0] == "batch"
+    sess = _session(m)
+    for b in (1, 2):
+        x = torch.randn(b, 3, 256, 256)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        np.testing.assert_allclose(sess.run(None, {"images": x.numpy()})[0], ref, atol=1e-4, rtol=1e-3)
+    out = capfd.readouterr().out
+    assert "Torch IR graph" not in out and len(out) < 2000
+    with pytest.raises(ExportError, match="height must be a positive number of pixels, got 0"):  # a plain refusal does not reach the fallback
+        export_onnx(_loaded(model, "classification"), ExportConfig((0, 256)))
