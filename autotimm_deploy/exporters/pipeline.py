@@ -30,7 +30,7 @@ from ..models.io import LoadedModel, ModelOverrides, load_model_file
 from .onnx_export import DEFAULT_OPSET, ExportConfig, check_input_size, export_onnx, get_metadata, max_stride
 from .engine_step import check_engine_options, engine_parity, engine_profile, engine_step, fits
 from .fp16 import DEFAULT_ISLANDS, Fp32Islands
-from .surgery import DECODE_MODES, apply_decode, static_level_sizes
+from .surgery import DECODE_MODES, apply_decode, fold_graph, static_level_sizes
 
 __all__ = ["ExportOptions", "export_model", "parity_feeds", "level_sizes", "provenance"]
 
@@ -303,12 +303,12 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
     t = time.time()
     decode = options.decode if detection else "raw"
     step(f"graph surgery: decode={decode}" + (f", top-k {options.topk}" if options.topk else "")
-         + (f" ({family.name}: {family.convention})" if detection else ""))
+         + (f" ({family.name}: {family.convention})" if detection else ", constant folding"))
     if detection:
         static_hw = None if options.dynamic_hw else static_level_sizes(raw)
         fused = apply_decode(raw, decode, model.strides, model.num_classes, static_hw, options.topk, family)
     else:
-        fused = raw
+        fused = fold_graph(raw)
     steps["surgery"] = time.time() - t
     onnx_path = out_dir / "model.onnx"
     atomic_write_bytes(onnx_path, fused.SerializeToString())

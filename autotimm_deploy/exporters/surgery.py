@@ -39,6 +39,7 @@ __all__ = [
     "add_topk",
     "apply_decode",
     "static_level_sizes",
+    "fold_graph",
     "share_identical_constants",
     "DECODE_MODES",
 ]
@@ -284,6 +285,13 @@ def add_topk(graph: gs.Graph, k: int) -> gs.Graph:
     out_boxes.shape, out_scores.shape, idx.shape = [batch, "topk", 4], [batch, "topk", num_classes], [batch, "topk"]
     graph.outputs.extend([out_boxes, out_scores, idx])
     return graph.cleanup().toposort()
+
+
+def fold_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant folding and shared constants only (a classifier's ``model.onnx``): subgraphs on constants
+    leave the graph, e.g. NF-Net's weight standardisation, a training-mode BatchNormalization on the conv
+    weights that TensorRT cannot parse."""
+    return export_graph(import_graph(model), model)
 
 
 def static_level_sizes(model: onnx.ModelProto) -> Optional[List[Tuple[int, int]]]:

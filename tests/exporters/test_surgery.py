@@ -180,3 +180,23 @@ def test_box_decode_uses_the_networks_level_sizes_not_input_over_stride():
     assert got["boxes"].shape == (1, sum(h * w for h, w in sizes), 4)
     np.testing.assert_allclose(got["boxes"], ref["boxes"], atol=1e-2, rtol=1e-4)
     np.testing.assert_allclose(got["scores"], ref["scores"], atol=1e-4, rtol=1e-3)
+
+
+def test_classifier_graph_is_constant_folded():
+    """NF-Net standardises its conv weights with a training-mode BatchNormalization on constants: TensorRT
+    cannot parse it, so the classifier's model.onnx is constant-folded like a detector's."""
+    from autotimm_deploy import ImageClassifier
+    from autotimm_deploy.exporters.surgery import fold_graph
+
+    torch.manual_seed(0)
+    model = ImageClassifier("test_nfnet", num_classes=3).eval()
+    raw = export_onnx(LoadedModel(model, "classification", model.config, META, "0" * 64, None), ExportConfig((64, 64)))
+    training_bn = lambda m: [n.name for n in m.graph.node if n.op_type == "BatchNormalization"
+                             and any(a.name == "training_mode" and a.i == 1 for a in n.attribute)]
+    assert len(training_bn(raw)) > 10
+    folded = fold_graph(raw)
+    assert training_bn(folded) == [] and len(folded.graph.node) < len(raw.graph.node)
+    x = np.random.default_rng(3).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(_run(folded, x)["logits"], ref, atol=1e-4, rtol=1e-3)
