@@ -3,17 +3,21 @@
 __version__ = "0.1.0"
 
 from .errors import AutotimmError, ExportError, ModelFileError, ParityError
-from .models import (
-    FPN,
-    ClassificationHead,
-    DetectionHead,
-    ImageClassifier,
-    ObjectDetector,
-    create_feature_backbone,
-    load_model,
-    load_model_file,
-    save_model,
-)
+import importlib
+
+#: the model classes and file functions live in .models (torch, timm): imported on first use (PEP 562),
+#: so that ``import autotimm_deploy`` and the CLIs' ``--help`` stay fast
+_MODELS = ("FPN", "ClassificationHead", "DetectionHead", "ImageClassifier", "ObjectDetector", "create_feature_backbone",
+           "load_model", "load_model_file", "save_model")
+
+
+def __getattr__(name: str):
+    if name in _MODELS:
+        value = getattr(importlib.import_module(".models", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",

@@ -33,7 +33,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, input_size: bool = Fals
 
 def model_overrides(args: argparse.Namespace):
     """The :class:`~autotimm_deploy.models.io.ModelOverrides` of :func:`add_model_arguments`' flags."""
-    from ..models.io import ModelOverrides, read_class_names
+    from ..models.overrides import ModelOverrides, read_class_names
 
     size = getattr(args, "input_size", None)
     return ModelOverrides(class_names=read_class_names(args.class_names) if args.class_names else None,

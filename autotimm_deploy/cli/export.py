@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..engines.library import ENGINE_CHOICES, RTX_TARGETS
-from ..exporters.fp16 import DEFAULT_ISLANDS
+from ..exporters.options import DEFAULT_ISLANDS
+from ..errors import ModelFileError
 from .common import add_model_arguments, make_parser, model_overrides, run_main
 
 
@@ -88,7 +89,7 @@ def _with_default(given, default):
 
 
 def _body(args: argparse.Namespace) -> int:
-    from ..exporters.pipeline import ExportOptions, export_model
+    from ..exporters.options import ExportOptions
 
     ov = model_overrides(args)
     opts = ExportOptions(decode=args.decode, opset=args.opset, input_size=ov.input_size, class_names=ov.class_names,
@@ -103,8 +104,12 @@ def _body(args: argparse.Namespace) -> int:
                          target_cc=tuple(t.upper() for t in args.target_cc),
                          workspace_mib=args.workspace, cache=not args.no_cache, cache_dir=args.cache_dir)
     out = args.out or args.model.with_name(args.model.stem + "_export")
+    if not args.model.exists():  # before the heavy imports: a typo is answered at once
+        raise ModelFileError(f"{args.model}: no such file or directory")
     start = time.time()
     log = lambda s: print(f"{time.time() - start:6.1f}s {s}", file=sys.stderr, flush=True)
+    from ..exporters.pipeline import export_model  # torch, timm, ONNX: only now that the options are valid
+
     manifest = export_model(args.model, out, opts, progress=log)
     print(f"\n{'artifact':<24} {'role':<28} {'precision':<9} {'MB':>6}  parity")
     for a in manifest["artifacts"]:

@@ -8,12 +8,27 @@ backends with one ``infer`` contract), :mod:`.predictor` (``load(path).predict(i
 :mod:`.runner` (Polygraphy runner on CUDA).
 """
 
-from .build import BuildConfig, build_engine, engine_from_onnx, static_profile
-from .library import ENGINE_CHOICES, RTX_TARGETS, TrtLibrary, import_library, select_library
-from .load import check_engine, engine_runnable, load_engine
-from .predictor import Classification, Detections, Predictor, load
-from .sidecar import EngineCache, read_sidecar
+import importlib
 
-__all__ = ["BuildConfig", "build_engine", "engine_from_onnx", "static_profile", "ENGINE_CHOICES", "RTX_TARGETS",
-           "TrtLibrary", "import_library", "select_library", "check_engine", "engine_runnable", "load_engine",
-           "EngineCache", "read_sidecar", "load", "Predictor", "Detections", "Classification"]
+#: public name -> submodule; resolved on first use (PEP 562) so that importing the subpackage, e.g. for
+#: ``ENGINE_CHOICES`` in a CLI's ``--help``, loads neither torch nor ONNX Runtime
+_EXPORTS = {
+    **dict.fromkeys(["BuildConfig", "build_engine", "engine_from_onnx", "static_profile"], "build"),
+    **dict.fromkeys(["ENGINE_CHOICES", "RTX_TARGETS", "TrtLibrary", "import_library", "select_library"], "library"),
+    **dict.fromkeys(["check_engine", "engine_runnable", "load_engine"], "load"),
+    **dict.fromkeys(["Classification", "Detections", "Predictor", "load"], "predictor"),
+    **dict.fromkeys(["EngineCache", "read_sidecar"], "sidecar"),
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -29,7 +29,6 @@ FP32 too, until the graph is finite.  Everything it kept is reported.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
@@ -39,6 +38,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import ExportError
 from .onnx_export import reinfer_shapes, set_metadata
+from .options import DEFAULT_ISLANDS, Fp32Islands
 
 __all__ = ["Fp32Islands", "DEFAULT_ISLANDS", "Fp16Plan", "Overflow", "convert_to_fp16", "find_overflows",
            "convert_to_fp16_guarded", "FP16_MAX", "probe_inputs"]
@@ -50,42 +50,6 @@ _KEEP_INPUTS: Dict[str, Set[int]] = {"Resize": {1, 2}, "Upsample": {1}, "Pow": {
 # Ops whose float output type comes from an attribute or that accept any type: left untouched.
 _PASSTHROUGH = {"Cast", "CastLike", "Constant", "ConstantOfShape", "Shape", "Size", "RandomNormal", "RandomUniform",
                 "RandomNormalLike", "RandomUniformLike", "EyeLike", "NonZero"}
-
-
-@dataclass
-class Fp32Islands:
-    """Which nodes stay FP32: by op type, or by node-name glob (``fnmatch``, case-sensitive).
-
-    Default (``DEFAULT_ISLANDS``) and why:
-
-    - normalisation statistics: ``InstanceNormalization`` (GroupNorm exports as InstanceNormalization
-      + Reshape + Mul + Add), ``LayerNormalization``, ``GroupNormalization``, ``BatchNormalization``:
-      a variance of activations of magnitude > 256 overflows FP16 and the mean/variance loses
-      ~3 digits, which the normalisation then divides by;
-    - ``Exp``: exp(x) overflows FP16 for x > 11.09; the decode clamps at 10 but FP32 keeps pixel
-      distances exact to 1e-3 px instead of 2^-11 relative;
-    - ``Range``: has no float16 type in the ONNX spec;
-    - the fused decode and top-k (nodes named ``decode*``, ``anchors_*``, ``topk/*``, ``boxes*``,
-      ``scores*`` and the activation nodes ``cls_p*/*``, ``ctr_p*/*``, ``bbox_p*/*`` written by
-      :mod:`autotimm_deploy.exporters.surgery`): anchor coordinates up to the image size need more
-      than FP16's 11 bits (a 1000 px coordinate would be rounded to 0.5 px).
-    """
-
-    op_types: Tuple[str, ...] = ()
-    node_names: Tuple[str, ...] = ()
-
-    def matches(self, node: gs.Node) -> bool:
-        return node.op in self.op_types or any(fnmatch.fnmatchcase(node.name or "", p) for p in self.node_names)
-
-    def to_dict(self) -> Dict[str, List[str]]:
-        return {"op_types": list(self.op_types), "node_names": list(self.node_names)}
-
-
-DEFAULT_ISLANDS = Fp32Islands(
-    op_types=("InstanceNormalization", "LayerNormalization", "GroupNormalization", "BatchNormalization", "Exp",
-              "Range"),
-    node_names=("decode*", "anchors_*", "topk/*", "boxes*", "scores*", "cls_p*/*", "ctr_p*/*", "bbox_p*/*"),
-)
 
 
 @dataclass
@@ -263,27 +227,53 @@ def _run_all_tensors(model: onnx.ModelProto, feed: Dict[str, np.ndarray], names:
     return dict(zip(outs, sess.run(outs, feed)))
 
 
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere): ONNX Runtime's
+    worker threads free large activations into per-thread heaps, which otherwise stay in the RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _abs_max_all(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], names: Sequence[str]) -> List[Dict[str, float]]:
     """max |x| of each named float tensor, per feed, computed in-graph (ReduceMax and ReduceMin per
-    tensor, no copies) so that only scalars leave ONNX Runtime."""
+    tensor, no copies) so that only scalars leave ONNX Runtime.  ``model`` is changed in place (pass a copy)."""
     import onnxruntime as ort
 
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    outs = []
-    for k, n in enumerate(names):
-        for op in ("ReduceMax", "ReduceMin"):
-            r = f"absmax/{k}/{op}"
-            m.graph.node.append(onnx.helper.make_node(op, [n], [r], name=r, keepdims=0))
-            m.graph.output.append(onnx.helper.make_tensor_value_info(r, onnx.TensorProto.FLOAT, []))
-            outs.append(r)
+    m = model
+    index = {n: k for k, n in enumerate(names)}
+    outs, nodes = [], []
+    for node in m.graph.node:  # each reduction right after its producer: ONNX Runtime runs nodes in this
+        nodes.append(node)     # order, so a tensor is freed once read, not kept alive to the graph's end
+        for t in node.output:
+            if t not in index:
+                continue
+            for op in ("ReduceMax", "ReduceMin"):
+                r = f"absmax/{index[t]}/{op}"
+                nodes.append(onnx.helper.make_node(op, [t], [r], name=r, keepdims=0))
+                m.graph.output.append(onnx.helper.make_tensor_value_info(r, onnx.TensorProto.FLOAT, []))
+                outs.append(r)
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    # with a scalar output on every tensor, the arena and the memory pattern grow to several GB on a 640 px
+    # ResNet-50 (peak RSS +3.5 GB); without them (and in producer order) the run peaks at about +1.2 GB
+    opts.enable_cpu_mem_arena = False
+    opts.enable_mem_pattern = False
+    opts.add_session_config_entry("session.disable_prepacking", "1")  # no second copy of the weights
+    data = m.SerializeToString()
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    del data
     result = []
     for feed in feeds:
-        v = sess.run(outs, feed)
-        result.append({n: max(abs(float(v[2 * k])), abs(float(v[2 * k + 1]))) for k, n in enumerate(names)})
+        v = dict(zip(outs, sess.run(outs, feed)))
+        release_free_memory()
+        result.append({n: max(abs(float(v[f"absmax/{k}/ReduceMax"])), abs(float(v[f"absmax/{k}/ReduceMin"])))
+                       for k, n in enumerate(names) if f"absmax/{k}/ReduceMax" in v})
     return result
 
 
@@ -291,24 +281,25 @@ def find_overflows(model: onnx.ModelProto, probes: Sequence[Tuple[str, Dict[str,
                    margin: float = 2.0) -> List[Overflow]:
     """Nodes of the float32 ``model`` with an input or output whose |value| exceeds ``FP16_MAX / margin``
     on any probe.  ``margin`` 2 leaves room for inputs a little more extreme than the probes."""
-    model = reinfer_shapes(model)
+    model = reinfer_shapes(model)  # a fresh copy, ours to change
     limit = FP16_MAX / margin
-    nodes = list(model.graph.node)
+    nodes = [(n.name, n.op_type, list(n.input) + list(n.output)) for n in model.graph.node]
     float_vi = {v.name for v in list(model.graph.value_info) + list(model.graph.output)
                 if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
-    names = sorted({t for n in nodes for t in list(n.output) if t in float_vi})
+    names = sorted({t for n in model.graph.node for t in n.output if t in float_vi})
     found: Dict[str, Overflow] = {}
     maxima = _abs_max_all(model, [feed for _, feed in probes], names)
+    del model
     for (label, feed), values in zip(probes, maxima):
         values.update({k: float(np.abs(v).max()) for k, v in feed.items() if v.dtype == np.float32 and v.size})
         big = {t: v for t, v in values.items() if v > limit}
-        for n in nodes:
-            if n.op_type in _PASSTHROUGH:
+        for name, op, io in nodes:
+            if op in _PASSTHROUGH:
                 continue
-            for t in list(n.input) + list(n.output):
-                if t in big and n.name not in found:
-                    found[n.name] = Overflow(n.name, n.op_type, big[t], t, label)
-    order = {n.name: i for i, n in enumerate(model.graph.node)}
+            for t in io:
+                if t in big and name not in found:
+                    found[name] = Overflow(name, op, big[t], t, label)
+    order = {name: i for i, (name, _, _) in enumerate(nodes)}
     return sorted(found.values(), key=lambda o: order[o.node])
 
 

@@ -21,6 +21,7 @@ from ..errors import ExportError
 from ..models.families import SEED_FCOS
 from ..models.family import LEVELS
 from ..models.io import LoadedModel
+from .options import DEFAULT_OPSET
 
 __all__ = [
     "ExportConfig",
@@ -33,7 +34,6 @@ __all__ = [
     "DEFAULT_OPSET",
 ]
 
-DEFAULT_OPSET = 17
 
 
 def detector_output_names(num_levels: int = 5, family=SEED_FCOS) -> List[str]:

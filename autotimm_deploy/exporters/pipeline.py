@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import shutil
@@ -26,95 +25,17 @@ from .. import __version__
 from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove_file, sha256_file
 from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
-from ..models.io import LoadedModel, ModelOverrides, load_model_file
-from .onnx_export import DEFAULT_OPSET, ExportConfig, check_input_size, export_onnx, get_metadata, max_stride
+from ..models.io import LoadedModel, load_model_file
+from .onnx_export import ExportConfig, check_input_size, export_onnx, get_metadata, max_stride
 from .engine_step import check_engine_options, engine_parity, engine_profile, engine_step, fits
-from .fp16 import DEFAULT_ISLANDS, Fp32Islands
-from .surgery import DECODE_MODES, apply_decode, fold_graph, static_level_sizes
+from .options import (DECODE_MODES, DEFAULT_ISLANDS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET,  # noqa: F401 (re-exported)
+                      ExportOptions, Fp32Islands)
+from .surgery import apply_decode, fold_graph, static_level_sizes
 
 __all__ = ["ExportOptions", "export_model", "parity_feeds", "level_sizes", "provenance"]
 
 Progress = Optional[Callable[[str], None]]
 
-
-@dataclass
-class ExportOptions:
-    """Options of :func:`export_model` (the CLI's flags)."""
-
-    decode: str = "boxes"
-    opset: int = DEFAULT_OPSET
-    input_size: Optional[Tuple[int, int]] = None
-    batch: Tuple[int, int, int] = (1, 1, 8)  # MIN:OPT:MAX; dynamic batch unless MIN == MAX
-    dynamic_hw: bool = False
-    min_size: Optional[Tuple[int, int]] = None  # engine profile with --dynamic-hw (default: half the input size)
-    max_size: Optional[Tuple[int, int]] = None  # (default: twice the input size)
-    topk: Optional[int] = None
-    check: bool = True
-    random_inputs: int = 2
-    demo_images: int = 4
-    seed: int = 0
-    # FP16 ONNX (exporters.fp16)
-    fp16: bool = False
-    fp16_input: bool = False
-    fp32_ops: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.op_types
-    fp32_nodes: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.node_names
-    overflow_guard: bool = True
-    # engines
-    engine: str = "auto"  # auto | tensorrt | tensorrt-rtx | none
-    target_cc: Tuple[str, ...] = ()
-    workspace_mib: Optional[int] = None
-    cache: bool = True
-    cache_dir: Optional[str] = None
-    # what the model file does not record (AutoTimm checkpoints: class names, mean/std)
-    class_names: Optional[Tuple[str, ...]] = None
-    mean: Optional[Tuple[float, float, float]] = None
-    std: Optional[Tuple[float, float, float]] = None
-
-    def __post_init__(self) -> None:
-        """Every option is checked here, before any work: one error naming the flag."""
-        if self.decode not in DECODE_MODES:
-            raise ExportError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
-        lo, opt, hi = self.batch
-        if not 1 <= lo <= opt <= hi:
-            raise ExportError(f"--batch MIN:OPT:MAX needs 1 <= MIN <= OPT <= MAX, got {lo}:{opt}:{hi}")
-        if not MIN_OPSET <= self.opset <= MAX_OPSET:
-            raise ExportError(f"--opset must be between {MIN_OPSET} and {MAX_OPSET} (what the exporter and the graph "
-                              f"surgery support), got {self.opset}")
-        if self.topk is not None and self.topk < 1:
-            raise ExportError(f"--topk must be >= 1, got {self.topk}")
-        if self.topk is not None and self.decode != "boxes":
-            raise ExportError(f"--topk needs --decode boxes (got --decode {self.decode})")
-        for flag, size in (("--input-size", self.input_size), ("--min-size", self.min_size),
-                           ("--max-size", self.max_size)):
-            if size is not None and (len(size) != 2 or min(size) < 1):
-                raise ExportError(f"{flag} needs two positive numbers H W, got {' '.join(map(str, size))}")
-        if self.engine not in ENGINE_CHOICES:
-            raise ExportError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, got {self.engine!r}")
-        if (self.min_size or self.max_size) and not self.dynamic_hw:
-            raise ExportError("--min-size/--max-size set the engine's H/W range and need --dynamic-hw")
-        if self.fp16_input and not self.fp16:
-            raise ExportError("--fp16-input needs --fp16")
-        if self.workspace_mib is not None and self.workspace_mib < 1:
-            raise ExportError(f"--workspace must be >= 1 MiB, got {self.workspace_mib}")
-        unknown = [op for op in (self.fp32_ops or ()) if not onnx.defs.has(op)]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], [s.name for s in onnx.defs.get_all_schemas()], n=3)
-            raise ExportError(f"--fp32-ops: {', '.join(unknown)} is not an ONNX op type"
-                              + (f" (did you mean {', '.join(close)}?)" if close else ""))
-
-    def overrides(self) -> ModelOverrides:
-        """What these options say about the model itself (input size, class names, normalisation)."""
-        return ModelOverrides(class_names=tuple(self.class_names) if self.class_names else None,
-                              input_size=tuple(self.input_size) if self.input_size else None,
-                              mean=tuple(self.mean) if self.mean else None, std=tuple(self.std) if self.std else None)
-
-    def islands(self) -> Fp32Islands:
-        return Fp32Islands(op_types=tuple(self.fp32_ops) if self.fp32_ops is not None else DEFAULT_ISLANDS.op_types,
-                           node_names=tuple(self.fp32_nodes) if self.fp32_nodes is not None else DEFAULT_ISLANDS.node_names)
-
-
-#: --opset range: 13 (Unsqueeze/TopK inputs the surgery writes) to the TorchScript exporter's maximum.
-MIN_OPSET, MAX_OPSET = 13, 20
 
 #: ExportOptions left out of all recorded provenance: a local folder, which would make the records
 #: depend on where the cache lives (it changes no artifact).
@@ -152,7 +73,10 @@ def level_sizes(size: Tuple[int, int], strides: Sequence[int]) -> List[Tuple[int
 
 def parity_feeds(loaded: LoadedModel, size: Tuple[int, int], options: ExportOptions,
                  stride: int) -> List[Tuple[str, Dict[str, np.ndarray]]]:
-    """Seeded random inputs at the traced shape and a second shape, plus synthetic demo images."""
+    """Seeded random inputs at the traced shape and synthetic demo images (one batch of ``demo_images``),
+    plus a random input of a second shape where no feed has one yet: another batch size when the demo batch
+    does not already give one (it does at the default 1:1:8 profile: batch 4 next to batch 1), and
+    with ``dynamic_hw`` another H/W always."""
     from ..demo.shapes import render_classification_sample, render_detection_sample, SPLIT_SEEDS
     from ..demo.train import to_tensor
 
@@ -164,9 +88,8 @@ def parity_feeds(loaded: LoadedModel, size: Tuple[int, int], options: ExportOpti
         feeds.append((f"random#{i} {opt}x3x{h}x{w}", {"images": rng.standard_normal((opt, 3, h, w), dtype=np.float32)}))
     second_b = min(hi, opt + 1)  # another batch size (a larger one would only cost time)
     second_hw = (h + stride, w + 2 * stride) if options.dynamic_hw else (h, w)
-    if (second_b, second_hw) != (opt, (h, w)):
-        feeds.append((f"random second shape {second_b}x3x{second_hw[0]}x{second_hw[1]}",
-                      {"images": rng.standard_normal((second_b, 3, *second_hw), dtype=np.float32)}))
+    second = rng.standard_normal((second_b, 3, *second_hw), dtype=np.float32)  # drawn always: same seeds
+    demo = []
     if options.demo_images:
         n = min(options.demo_images, hi)
         base = SPLIT_SEEDS["val"]
@@ -174,8 +97,12 @@ def parity_feeds(loaded: LoadedModel, size: Tuple[int, int], options: ExportOpti
             imgs = [render_detection_sample(base + k, size=max(h, w))[0][:h, :w] for k in range(n)]
         else:
             imgs = [render_classification_sample(base + k, size=max(h, w))[0][:h, :w] for k in range(n)]
-        feeds.append((f"{n} synthetic shapes images", {"images": to_tensor(imgs, loaded.metadata["mean"], loaded.metadata["std"]).numpy()}))
-    return feeds
+        demo.append((f"{n} synthetic shapes images", {"images": to_tensor(imgs, loaded.metadata["mean"], loaded.metadata["std"]).numpy()}))
+    shapes = {f[1]["images"].shape for f in feeds + demo}
+    other_batch = any(s[0] != opt for s in shapes)
+    if (second_b, second_hw) != (opt, (h, w)) and (options.dynamic_hw or not other_batch):
+        feeds.append((f"random second shape {second_b}x3x{second_hw[0]}x{second_hw[1]}", {"images": second}))
+    return feeds + demo
 
 
 def _io_info(model: onnx.ModelProto) -> Dict[str, List[Dict]]:

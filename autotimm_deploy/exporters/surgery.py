@@ -30,6 +30,7 @@ from ..models.decode import anchor_points
 from ..models.families import SEED_FCOS
 from ..models.family import Family, RawOutput, family_from_metadata
 from .onnx_export import LEVELS, get_metadata, reinfer_shapes
+from .options import DECODE_MODES
 
 __all__ = [
     "import_graph",
@@ -44,7 +45,6 @@ __all__ = [
     "DECODE_MODES",
 ]
 
-DECODE_MODES = ("raw", "activations", "boxes")
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:

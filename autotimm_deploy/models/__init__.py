@@ -1,32 +1,27 @@
-"""Reference PyTorch modules (spec: shared/seed/heads.md) and model files."""
+"""Reference PyTorch modules (spec: shared/seed/heads.md) and model files.
 
-from .backbone import create_feature_backbone
-from .classifier import ImageClassifier
-from .decode import BBOX_LOG_CLAMP, DECODING_CONVENTION, anchor_points, batched_nms_postprocess, decode
-from .families import FAMILIES
-from .family import Family
-from .detector import ObjectDetector
-from .fpn import FPN
-from .heads import ClassificationHead, DetectionHead, group_norm_groups
-from .io import LoadedModel, load_model, load_model_file, save_model
+Names resolve on first use (PEP 562): ``autotimm_deploy.models.overrides`` and the family declarations
+import without torch."""
 
-__all__ = [
-    "ClassificationHead",
-    "DetectionHead",
-    "FPN",
-    "create_feature_backbone",
-    "ObjectDetector",
-    "ImageClassifier",
-    "save_model",
-    "load_model",
-    "load_model_file",
-    "LoadedModel",
-    "group_norm_groups",
-    "anchor_points",
-    "decode",
-    "batched_nms_postprocess",
-    "BBOX_LOG_CLAMP",
-    "DECODING_CONVENTION",
-    "Family",
-    "FAMILIES",
-]
+import importlib
+
+_EXPORTS = {
+    "create_feature_backbone": "backbone", "ImageClassifier": "classifier", "BBOX_LOG_CLAMP": "decode",
+    "DECODING_CONVENTION": "decode", "anchor_points": "decode", "batched_nms_postprocess": "decode", "decode": "decode",
+    "FAMILIES": "families", "Family": "family", "ObjectDetector": "detector", "FPN": "fpn",
+    "ClassificationHead": "heads", "DetectionHead": "heads", "group_norm_groups": "heads", "LoadedModel": "io",
+    "load_model": "io", "load_model_file": "io", "save_model": "io", "ModelOverrides": "overrides",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
