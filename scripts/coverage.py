@@ -498,6 +498,34 @@ def _meta(args, argv: List[str], selection: str, sample: Optional[Dict]) -> Dict
     return meta
 
 
+def _merge(args, argv: List[str], entries: List, out: str, sample: Optional[Dict]) -> int:
+    """One report from earlier results, in the order of this selection; entries with no result are listed
+    in the report's header as not run."""
+    found: Dict[Tuple[str, str], Dict] = {}
+    for path in map(Path, args.merge):
+        rows = (json.loads(path.read_text())["results"] if path.is_file()
+                else [json.loads(p.read_text()) for p in sorted(path.glob("*/result.json"))])
+        for r in rows:
+            found[(r["task"], r["model"])] = r
+    results = []
+    for e in entries:
+        r = found.get((e.task, e.model))
+        if r is not None:
+            r["known"] = KNOWN.get((e.task, e.model))
+            r["verdict"] = verdict(r)
+            results.append(r)
+    missing = [f"{e.task[:3]}:{e.model}" for e in entries if (e.task, e.model) not in found]
+    meta = _meta(args, argv, " ".join(argv), sample)
+    meta["wall_s"] = sum(r.get("wall_s", r.get("seconds", 0.0)) for r in results)
+    meta["not_run"] = missing
+    if out:
+        Path(out).write_text(render(results, meta))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    print(f"merged {len(results)} result(s); not run: {', '.join(missing) or 'none'}" + (f"; report: {out}" if out else ""))
+    return exit_code(results, gate=not args.no_gate)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -519,6 +547,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per entry (default 300)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads in each worker")
     ap.add_argument("--keep", action="store_true", help="keep the per-entry work files (models, ONNX, engines)")
+    ap.add_argument("--merge", nargs="+", metavar="PATH",
+                    help="render one report from earlier runs instead of running: --json files and --keep folders "
+                         "(each entry's result.json, also those of a run that was stopped)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)  # JSON Entry: run one in this process
     ap.add_argument("--result", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -547,6 +578,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         for i, e in enumerate(entries, 1):
             print(f"[{i}/{len(entries)}] {e.task:<14} {e.family:<24} {e.model:<36} {e.hw[0]}x{e.hw[1]}")
         return 0
+    if args.merge:
+        return _merge(args, argv, entries, out, sample)
     tmp_root = Path(tempfile.mkdtemp(prefix="autotimm-coverage-"))
     os.environ.setdefault("AUTOTIMM_DEPLOY_CACHE", str(tmp_root / "cache"))
     start, results = time.time(), []

@@ -282,6 +282,9 @@ def render(results: List[Dict], meta: Dict) -> str:
     lines += ["", f"**Result: {sum(r['ok'] for r in results)} passed / {total}** entries; "
                   f"wall time {meta['wall_s']:.0f} s ({meta['wall_s'] / 60:.1f} min)"
                   + ("" if meta.get("gate", True) else " (`--no-gate`: a table, not a gate)") + "."]
+    if meta.get("not_run"):
+        lines += ["", f"**Not run** ({len(meta['not_run'])} entries of this selection have no result): "
+                  + ", ".join(f"`{n}`" for n in meta["not_run"]) + "."]
     for t in tasks:
         lines += ["", f"## {t.capitalize()}", "", *_table([r for r in results if _task(r) == t])]
     lines += ["", "`seconds`: the entry's subprocess wall time (imports, model build and save, export, surgery, FP16 "

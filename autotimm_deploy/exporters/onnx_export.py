@@ -10,7 +10,7 @@ import os
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import onnx
 import torch
@@ -101,7 +101,10 @@ class _ExportView(nn.Module):
         self.model = model
 
     def forward(self, images):
-        out = self.model(images)
+        return self.flatten(self.model(images))
+
+    @staticmethod
+    def flatten(out):
         if isinstance(out, tuple):
             return tuple(t for group in out for t in group)
         return out
@@ -129,6 +132,14 @@ def _set_output_shapes(model: onnx.ModelProto, shapes: Dict[str, List]) -> None:
 
 def export_onnx(loaded: LoadedModel, config: ExportConfig) -> onnx.ModelProto:
     """Export a loaded model file to an in-memory ONNX model (raw outputs), checked and shape-inferred."""
+    return export_onnx_with_forward(loaded, config)[0]
+
+
+def export_onnx_with_forward(loaded: LoadedModel, config: ExportConfig,
+                             example: Optional[torch.Tensor] = None) -> Tuple[onnx.ModelProto, Any]:
+    """:func:`export_onnx` traced on ``example`` (default: seeded noise of the configured shape), also returning
+    the model's own output on it: the export runs the model once anyway, and the parity check can use that
+    output as its reference for the same input instead of running the model again."""
     model = loaded.model.eval()
     stride = max_stride(model)
     h, w = check_input_size(config.input_size, stride)
@@ -149,13 +160,16 @@ def export_onnx(loaded: LoadedModel, config: ExportConfig) -> onnx.ModelProto:
                 lv = name.split("_")[1]
                 axes.update({2: f"height_{lv}", 3: f"width_{lv}"})
             dynamic_axes[name] = axes
-    dummy = torch.randn(config.batch_size, 3, h, w)
+    dummy = torch.randn(config.batch_size, 3, h, w) if example is None else example
+    if tuple(dummy.shape) != (config.batch_size, 3, h, w):
+        raise ExportError(f"export example of shape {tuple(dummy.shape)}, expected {(config.batch_size, 3, h, w)}")
     # an eval-mode view: the legacy exporter restores the *wrapper's* mode recursively afterwards,
     # so a train-mode wrapper would flip the user's model (and its BatchNorms) into training mode
     view = _ExportView(model).eval()
     try:
         with torch.no_grad():
-            ref = view(dummy)
+            forward = model(dummy)
+        ref = _ExportView.flatten(forward)
     except Exception as exc:  # e.g. GroupNorm with one value per group on a 1x1 P7 map
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"the model does not run in PyTorch at input {tuple(dummy.shape)}: {first}") from exc
@@ -192,7 +206,7 @@ def export_onnx(loaded: LoadedModel, config: ExportConfig) -> onnx.ModelProto:
         onnx.checker.check_model(onnx_model, full_check=True)
     except onnx.checker.ValidationError as exc:
         raise ExportError(f"exported ONNX failed the checker: {str(exc).splitlines()[0]}") from exc
-    return onnx_model
+    return onnx_model, forward
 
 
 @contextlib.contextmanager

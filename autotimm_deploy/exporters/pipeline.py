@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
+import torch
 
 from .. import _json as strict_json
 from .. import __version__
@@ -26,7 +27,7 @@ from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove
 from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
 from ..models.io import LoadedModel, load_model_file
-from .onnx_export import ExportConfig, check_input_size, export_onnx, get_metadata, max_stride
+from .onnx_export import ExportConfig, check_input_size, export_onnx_with_forward, get_metadata, max_stride
 from .engine_step import check_engine_options, engine_parity, engine_profile, engine_step, fits
 from .options import (DECODE_MODES, DEFAULT_ISLANDS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET,  # noqa: F401 (re-exported)
                       ExportOptions, Fp32Islands)
@@ -212,11 +213,22 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
     t = time.time()
     step(f"exporting ONNX (opset {options.opset}, input {opt}x3x{size[0]}x{size[1]}, "
          f"batch {'dynamic' if cfg.dynamic_batch else 'static'}, H/W {'dynamic' if cfg.dynamic_hw else 'static'})")
-    raw = export_onnx(loaded, cfg)
+    feeds = parity_feeds(loaded, size, options, stride) if options.check else []
+    first = feeds[0][1]["images"] if feeds and feeds[0][1]["images"].shape == (opt, 3, *size) else None
+    raw, forward = export_onnx_with_forward(loaded, cfg, None if first is None else torch.from_numpy(first))
+    decode = options.decode if detection else "raw"
+    reference_cache: Dict = {}  # PyTorch runs once per parity input, for every artifact
+    if first is not None:  # the export's own forward pass is the reference for the first parity input
+        from ..parity.runners import cache_key, reference_from_forward
+
+        reference_cache[cache_key(model, decode, options.topk, first)] = reference_from_forward(
+            model, forward, size, decode, options.topk)
+    del forward
     steps["export"] = time.time() - t
     exporter = get_metadata(raw).get("exporter", "torchscript")
+    raw_opset = raw.opset_import[0].version
     if exporter != "torchscript":
-        say(f"      exported with the {exporter}, opset {raw.opset_import[0].version}")
+        say(f"      exported with the {exporter}, opset {raw_opset}")
     artifacts = []
     raw_path = out_dir / "model.raw.onnx"
     # from here on the folder's files change: the old manifest goes first, so that it never describes a
@@ -228,7 +240,6 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
     artifacts.append({"role": "onnx-raw", "file": raw_path.name, "precision": "fp32", "decode": "raw", **_io_info(raw),
                       "sha256": sha256_file(raw_path)})
     t = time.time()
-    decode = options.decode if detection else "raw"
     step(f"graph surgery: decode={decode}" + (f", top-k {options.topk}" if options.topk else "")
          + (f" ({family.name}: {family.convention})" if detection else ", constant folding"))
     if detection:
@@ -236,6 +247,7 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         fused = apply_decode(raw, decode, model.strides, model.num_classes, static_hw, options.topk, family)
     else:
         fused = fold_graph(raw)
+    del raw  # written; 100+ MB for a large model, not needed again
     steps["surgery"] = time.time() - t
     onnx_path = out_dir / "model.onnx"
     atomic_write_bytes(onnx_path, fused.SerializeToString())
@@ -250,9 +262,8 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
                           **fp16_io, "sha256": sha256_file(fp16_path),
                           "fp16_plan": {"fp16_nodes": plan.fp16_nodes, "fp32_nodes": len(plan.fp32_nodes),
                                         "casts": plan.casts, "overflow_kept_fp32": [str(o) for o in plan.overflow]}})
+    del fused  # on disk now: parity and the engine read the files
     parity: Optional[Dict] = None
-    feeds = parity_feeds(loaded, size, options, stride) if options.check else []
-    reference_cache: Dict = {}  # PyTorch runs once per parity input, for every artifact
     if options.check:
         from ..parity.check import FP16_TOLERANCES, FP32_TOLERANCES, run_parity
 
@@ -314,7 +325,7 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         "input_size": list(size),
         "batch": list(options.batch),
         "dynamic_hw": options.dynamic_hw,
-        "onnx_exporter": {"path": exporter.split(" ")[0], "opset": raw.opset_import[0].version,
+        "onnx_exporter": {"path": exporter.split(" ")[0], "opset": raw_opset,
                           "why": None if exporter == "torchscript" else exporter},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
         "artifacts": artifacts,

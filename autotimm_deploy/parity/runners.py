@@ -14,7 +14,7 @@ from polygraphy.common import TensorMetadata
 
 from ..models.decode import activate, decode_outputs, raw_outputs
 
-__all__ = ["TorchRunner", "BackendRunner", "reference_outputs"]
+__all__ = ["TorchRunner", "BackendRunner", "reference_outputs", "reference_from_forward", "cache_key"]
 
 
 def reference_outputs(model: torch.nn.Module, images: torch.Tensor, decode_mode: str = "raw",
@@ -24,9 +24,15 @@ def reference_outputs(model: torch.nn.Module, images: torch.Tensor, decode_mode:
     This is the oracle: the model's own forward and the reference decoder of
     :mod:`autotimm_deploy.models.decode` for the model's family, never the exported graph.
     """
-    family = model.family
     with torch.no_grad():
         out = model(images)
+    return reference_from_forward(model, out, tuple(images.shape[-2:]), decode_mode, topk)
+
+
+def reference_from_forward(model: torch.nn.Module, out, image_hw, decode_mode: str = "raw",
+                           topk: Optional[int] = None) -> "OrderedDict[str, np.ndarray]":
+    """:func:`reference_outputs` from the model's forward output ``out`` on images of size ``image_hw``."""
+    family = model.family
     if family.task == "classification":
         return OrderedDict(logits=out.numpy())
     raw = raw_outputs(family, out)
@@ -35,7 +41,7 @@ def reference_outputs(model: torch.nn.Module, images: torch.Tensor, decode_mode:
         act = (lambda o, t: t) if decode_mode == "raw" else activate
         return OrderedDict(zip(family.output_names(levels),
                                [act(o, t).numpy() for o in family.outputs for t in raw[o.key]]))
-    boxes, scores = decode_outputs(family, raw, model.strides, tuple(images.shape[-2:]))
+    boxes, scores = decode_outputs(family, raw, model.strides, tuple(image_hw))
     if topk is None:
         return OrderedDict(boxes=boxes.numpy(), scores=scores.numpy())
     k = min(topk, scores.shape[1])
@@ -45,6 +51,12 @@ def reference_outputs(model: torch.nn.Module, images: torch.Tensor, decode_mode:
         scores=torch.gather(scores, 1, idx[..., None].expand(-1, -1, scores.shape[2])).numpy(),
         indices=idx.numpy(),
     )
+
+
+def cache_key(model: torch.nn.Module, decode_mode: str, topk: Optional[int], images: np.ndarray) -> tuple:
+    """The key of a reference in a :class:`TorchRunner` cache: the model, what it decodes, the input's bytes."""
+    arr = np.ascontiguousarray(images, dtype=np.float32)
+    return (id(model), decode_mode, topk, arr.shape, hashlib.sha1(arr.tobytes()).hexdigest())
 
 
 class TorchRunner(BaseRunner):
@@ -75,7 +87,7 @@ class TorchRunner(BaseRunner):
         arr = np.ascontiguousarray(feed_dict["images"], dtype=np.float32)
         key = None
         if self.cache is not None:
-            key = (id(self.model), self.decode_mode, self.topk, arr.shape, hashlib.sha1(arr.tobytes()).hexdigest())
+            key = cache_key(self.model, self.decode_mode, self.topk, arr)
             if key in self.cache:
                 self.inference_time = 0.0
                 return OrderedDict((k, v.copy()) for k, v in self.cache[key].items())

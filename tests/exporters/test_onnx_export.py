@@ -140,3 +140,22 @@ def test_dynamo_fallback_when_torchscript_needs_static_sizes(capfd):
     assert "Torch IR graph" not in out and len(out) < 2000
     with pytest.raises(ExportError, match="height must be a positive number of pixels, got 0"):  # a plain refusal does not reach the fallback
         export_onnx(_loaded(model, "classification"), ExportConfig((0, 256)))
+
+
+def test_export_returns_its_forward_pass_for_the_parity_reference(small_detector):
+    """The export runs the model once on its example; that output is the parity reference for the same input
+    (the pipeline runs PyTorch one time fewer), so it must be exactly the model's output on that input."""
+    from autotimm_deploy.exporters.onnx_export import export_onnx_with_forward
+    from autotimm_deploy.parity.runners import reference_from_forward, reference_outputs
+
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((1, 3, 64, 96), dtype=np.float32))
+    m, forward = export_onnx_with_forward(_loaded(small_detector, "detection"), ExportConfig((64, 96)), x)
+    ref = reference_outputs(small_detector, x, "boxes")
+    shared = reference_from_forward(small_detector, forward, (64, 96), "boxes")
+    assert list(shared) == ["boxes", "scores"]
+    for k in ref:
+        np.testing.assert_array_equal(shared[k], ref[k])
+    got = _session(m).run(None, {"images": x.numpy()})
+    np.testing.assert_allclose(got[0], forward[0][0].numpy(), atol=1e-4, rtol=1e-3)  # cls_p3
+    with pytest.raises(ExportError, match="export example of shape"):
+        export_onnx_with_forward(_loaded(small_detector, "detection"), ExportConfig((64, 96)), x[:, :, :32])

@@ -167,6 +167,31 @@ def test_report_rates_groups_and_fp16_list(coverage):
     assert "`b`" in fp16 and "worst `logits` err 0.2" in fp16 and "`d`" not in fp16
 
 
+def test_merge_renders_one_report_from_kept_folders_and_json(coverage, tmp_path):
+    """--merge: results of a stopped run (its kept result.json files) and of a --json file in one report, in the
+    selection's order, the entries with no result listed as not run."""
+    import json
+
+    def res(task, model):
+        return {"family": model, "model": model, "task": task, "kind": "", "input": [64, 64], "note": "", "ok": True,
+                "constructed": True, "export_ok": True, "stage": "done", "reason": None, "problems": [],
+                "params_m": 1.0, "fp32": None, "fp16": None, "engine": None, "seconds": 2.0}
+
+    kept = tmp_path / "kept"
+    for model in ("resnet18", "efficientnet_b0"):
+        (kept / f"det-{model}").mkdir(parents=True)
+        (kept / f"det-{model}" / "result.json").write_text(json.dumps(res("detection", model)))
+    (tmp_path / "more.json").write_text(json.dumps({"meta": {}, "results": [res("detection", "convnext_atto")]}))
+    out = tmp_path / "merged.md"
+    rc = coverage.main(["--list", "curated", "--merge", str(kept), str(tmp_path / "more.json"), "--out", str(out),
+                        "--json", str(tmp_path / "merged.json")])
+    merged = json.loads((tmp_path / "merged.json").read_text())
+    assert [r["model"] for r in merged["results"]] == ["resnet18", "efficientnet_b0", "convnext_atto"]  # list order
+    assert len(merged["meta"]["not_run"]) == len(coverage.select("full", list_name="curated")) - 3
+    assert merged["meta"]["wall_s"] == 6.0 and rc == 0
+    assert "**Not run**" in out.read_text()
+
+
 def test_resnet18_detector_passes_export_parity_and_engine_build(coverage, tmp_path):
     res = coverage.run_entry(coverage.Entry("resnet", "resnet18", size=64), tmp_path)
     assert res["reason"] is None, res["reason"]
