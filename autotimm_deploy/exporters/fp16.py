@@ -30,7 +30,7 @@ FP32 too, until the graph is finite.  Everything it kept is reported.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import onnx
@@ -238,7 +238,8 @@ def release_free_memory() -> None:
         pass
 
 
-def _abs_max_all(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], names: Sequence[str]) -> List[Dict[str, float]]:
+def _abs_max_all(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], names: Sequence[str],
+                 announce: Callable[[int], None] = lambda k: None) -> List[Dict[str, float]]:
     """max |x| of each named float tensor, per feed, computed in-graph (ReduceMax and ReduceMin per
     tensor, no copies) so that only scalars leave ONNX Runtime.  ``model`` is changed in place (pass a copy)."""
     import onnxruntime as ort
@@ -269,7 +270,8 @@ def _abs_max_all(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]],
     sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
     del data
     result = []
-    for feed in feeds:
+    for k, feed in enumerate(feeds):
+        announce(k)
         v = dict(zip(outs, sess.run(outs, feed)))
         release_free_memory()
         result.append({n: max(abs(float(v[f"absmax/{k}/ReduceMax"])), abs(float(v[f"absmax/{k}/ReduceMin"])))
@@ -278,7 +280,7 @@ def _abs_max_all(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]],
 
 
 def find_overflows(model: onnx.ModelProto, probes: Sequence[Tuple[str, Dict[str, np.ndarray]]],
-                   margin: float = 2.0) -> List[Overflow]:
+                   margin: float = 2.0, progress: Optional[Callable[[str], None]] = None) -> List[Overflow]:
     """Nodes of the float32 ``model`` with an input or output whose |value| exceeds ``FP16_MAX / margin``
     on any probe.  ``margin`` 2 leaves room for inputs a little more extreme than the probes."""
     model = reinfer_shapes(model)  # a fresh copy, ours to change
@@ -288,7 +290,9 @@ def find_overflows(model: onnx.ModelProto, probes: Sequence[Tuple[str, Dict[str,
                 if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     names = sorted({t for n in model.graph.node for t in n.output if t in float_vi})
     found: Dict[str, Overflow] = {}
-    maxima = _abs_max_all(model, [feed for _, feed in probes], names)
+    say = progress or (lambda line: None)
+    announce = lambda k: say(f"      overflow guard: FP32 probe {k + 1}/{len(probes)} ({probes[k][0]})")  # noqa: E731
+    maxima = _abs_max_all(model, [feed for _, feed in probes], names, announce)
     del model
     for (label, feed), values in zip(probes, maxima):
         values.update({k: float(np.abs(v).max()) for k, v in feed.items() if v.dtype == np.float32 and v.size})
@@ -312,15 +316,16 @@ def convert_to_fp16_guarded(
     margin: float = 2.0,
     max_rounds: int = 20,
     guard: bool = True,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> Tuple[onnx.ModelProto, Fp16Plan]:
     """:func:`convert_to_fp16` plus the overflow guard (see the module docstring)."""
     if not guard:
         return convert_to_fp16(model, islands, (), fp16_input, fp32_outputs)
-    over = find_overflows(model, probes, margin)
+    over = find_overflows(model, probes, margin, progress)
     forced = [o.node for o in over]
     for _ in range(max_rounds):
         m16, plan = convert_to_fp16(model, islands, forced, fp16_input, fp32_outputs)
-        bad = _first_nonfinite(m16, model, probes, fp16_input)
+        bad = _first_nonfinite(m16, model, probes, fp16_input, progress)
         if bad is None:
             plan.overflow = over
             return m16, plan
@@ -333,7 +338,8 @@ def convert_to_fp16_guarded(
                       "with --fp32-ops / --fp32-nodes")
 
 
-def _first_nonfinite(m16: onnx.ModelProto, m32: onnx.ModelProto, probes, fp16_input: bool) -> Optional[Overflow]:
+def _first_nonfinite(m16: onnx.ModelProto, m32: onnx.ModelProto, probes, fp16_input: bool,
+                     progress: Optional[Callable[[str], None]] = None) -> Optional[Overflow]:
     """First node of the original graph (in the FP16 model's order) reading or writing a non-finite
     tensor, or None when every output is finite on every probe."""
     original = {n.name for n in m32.graph.node}
@@ -341,7 +347,9 @@ def _first_nonfinite(m16: onnx.ModelProto, m32: onnx.ModelProto, probes, fp16_in
 
     sess = ort.InferenceSession(m16.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o for n in m16.graph.node for o in n.output]
-    for label, feed in probes:
+    for i, (label, feed) in enumerate(probes):
+        if progress is not None:
+            progress(f"      overflow guard: FP16 check {i + 1}/{len(probes)} ({label})")
         feed = {k: (v.astype(np.float16) if fp16_input else v) for k, v in feed.items()}
         if all(np.isfinite(v).all() for v in sess.run(None, feed) if v.dtype.kind == "f"):
             continue

@@ -274,7 +274,7 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         reports = []
         for k, (path, tol) in enumerate(targets):
             rep = run_parity(model, path, feeds, decode, options.topk, tolerances=tol, save_dir=out_dir if k == 0 else None,
-                             reference_cache=reference_cache)
+                             reference_cache=reference_cache, progress=say)
             reports.append(rep)
             say(f"      {path.name}: {'PASS' if rep.passed else 'FAIL'} ({rep.summary()})")
             for a in artifacts:
@@ -353,7 +353,7 @@ def _fp16_step(step, fused: onnx.ModelProto, loaded: LoadedModel, size: Tuple[in
     probes = [(label, {"images": x}) for label, x in
               probe_inputs((options.batch[0], 3, *size), loaded.metadata["mean"], loaded.metadata["std"], options.seed)]
     m16, plan = convert_to_fp16_guarded(fused, probes, islands, fp16_input=options.fp16_input,
-                                        guard=options.overflow_guard)
+                                        guard=options.overflow_guard, progress=step.say)
     for o in plan.overflow:
         step.say(f"      kept in FP32 to avoid FP16 overflow: {o}")
     path = out_dir / "model.fp16.onnx"

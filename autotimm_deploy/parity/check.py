@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -295,6 +295,44 @@ def _stats(name: str, ref: np.ndarray, out: np.ndarray, atol: float, rtol: float
                        nonfinite=int(nonfinite.sum()), reference_nonfinite=int(ref_bad.sum()))
 
 
+class _Announcer:
+    """Says which input a runner starts: ``<artifact>: <runner> input i/n (<label>)``."""
+
+    def __init__(self, say: Callable[[str], None], what: str, labels: Sequence[str]) -> None:
+        self.say, self.what, self.labels, self.i = say, what, list(labels), 0
+
+    def __call__(self, note: str = "") -> None:
+        self.i += 1
+        label = self.labels[self.i - 1] if self.i <= len(self.labels) else ""
+        self.say(f"      {self.what}: input {self.i}/{len(self.labels)} ({label}){note}")
+
+
+def _announced(runner, announcer: _Announcer):
+    """``runner`` (a Polygraphy runner) behind one that announces each input first; same name and outputs."""
+    from polygraphy.backend.base import BaseRunner
+
+    class Announced(BaseRunner):
+        def __init__(self) -> None:
+            super().__init__(name=runner.name)
+
+        def activate_impl(self):
+            runner.activate()
+
+        def deactivate_impl(self):
+            runner.deactivate()
+
+        def get_input_metadata_impl(self):
+            return runner.get_input_metadata(use_numpy_dtypes=False)
+
+        def infer_impl(self, feed_dict):
+            announcer()
+            out = runner.infer(feed_dict)
+            self.inference_time = runner.last_inference_time()
+            return out
+
+    return Announced()
+
+
 def run_parity(
     model: torch.nn.Module,
     onnx_path: str | Path,
@@ -307,6 +345,7 @@ def run_parity(
     providers: Sequence[str] = ("CPUExecutionProvider",),
     runner=None,
     reference_cache: Optional[dict] = None,
+    progress: Optional[Callable[[str], None]] = None,
 ) -> ParityReport:
     """Compare PyTorch with ONNX Runtime on ``feeds`` ((label, feed_dict) pairs) via Polygraphy.
 
@@ -315,6 +354,7 @@ def run_parity(
     reproduces the tensor-level check.  ``runner`` replaces the ONNX Runtime runner (e.g. an
     :class:`autotimm_deploy.engines.runner.EngineRunner` for an engine at ``onnx_path``).
     ``reference_cache`` (a dict shared between calls) runs PyTorch once per input across artifacts.
+    ``progress`` receives a line as each runner starts each input (a long check is never silent).
     """
     import onnxruntime as ort
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
@@ -329,6 +369,10 @@ def run_parity(
     torch_runner = TorchRunner(model, decode_mode, topk, name="pytorch", cache=reference_cache)
     ort_runner = runner or OnnxrtRunner(SessionFromOnnx(onnx_path, providers=list(providers)), name="onnxruntime")
     data = [f for _, f in feeds]
+    if progress is not None:
+        labels = [label for label, _ in feeds]
+        torch_runner.progress = _Announcer(progress, f"{Path(onnx_path).name}: PyTorch reference", labels)
+        ort_runner = _announced(ort_runner, _Announcer(progress, f"{Path(onnx_path).name}: {ort_runner.name}", labels))
     try:
         results = Comparator.run([torch_runner, ort_runner], data_loader=data)
     except Exception as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import numpy as np
 import torch
@@ -73,6 +73,7 @@ class TorchRunner(BaseRunner):
         self.decode_mode = decode_mode
         self.topk = topk
         self.cache = cache  # shared between parity runs of several artifacts: the reference runs once per input
+        self.progress: Optional[Callable[[str], None]] = None  # called before each input, with a note on reuse
 
     def activate_impl(self):
         pass
@@ -89,8 +90,12 @@ class TorchRunner(BaseRunner):
         if self.cache is not None:
             key = cache_key(self.model, self.decode_mode, self.topk, arr)
             if key in self.cache:
+                if self.progress is not None:
+                    self.progress(": reused (computed once for every artifact)")
                 self.inference_time = 0.0
                 return OrderedDict((k, v.copy()) for k, v in self.cache[key].items())
+        if self.progress is not None:
+            self.progress()
         start = time.perf_counter()
         out = reference_outputs(self.model, torch.from_numpy(arr), self.decode_mode, self.topk)
         self.inference_time = time.perf_counter() - start
