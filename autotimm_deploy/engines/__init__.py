@@ -21,6 +21,13 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
+# The submodule .load shares its name with the public function load (predictor.load): import the (light)
+# submodule now and drop the attribute the import system sets, so that `engines.load` is always the function,
+# whichever is imported first.
+from . import load as _load_module  # noqa: E402,F401
+
+del globals()["load"]
+
 
 def __getattr__(name: str):
     if name in _EXPORTS:

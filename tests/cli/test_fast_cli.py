@@ -43,3 +43,12 @@ def test_argument_errors_are_fast(tmp_path, argv, message):
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "HEAVY []" in proc.stdout
     assert seconds < 1.0, f"the error took {seconds:.2f} s"
+
+
+@pytest.mark.parametrize("first", ["autotimm_deploy.engines.library", "autotimm_deploy.engines.load",
+                                   "autotimm_deploy.engines.predictor"])
+def test_lazy_engines_namespace_resolves_load_to_the_function(first):
+    """engines.load is the predictor's load() whichever module loads first (a submodule shares the name)."""
+    proc, _ = _run(f"import importlib\nimportlib.import_module({first!r})\nfrom autotimm_deploy.engines import load\n"
+                   "from autotimm_deploy.engines.predictor import load as real\nprint(load is real, callable(load))")
+    assert proc.returncode == 0 and proc.stdout.split() == ["True", "True"], proc.stderr
