@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any, List, Tuple
 
 import timm
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import AutotimmError
 
-__all__ = ["create_feature_backbone", "backbone_channels", "backbone_strides", "FEATURE_STRIDES"]
+__all__ = ["create_feature_backbone", "nchw_features", "backbone_channels", "backbone_strides", "FEATURE_STRIDES"]
 
 #: The strides of the three backbone levels the FPN consumes (C3, C4, C5).
 FEATURE_STRIDES = (8, 16, 32)
@@ -93,6 +93,14 @@ def create_feature_backbone(name: str, pretrained: bool = False, **kwargs: Any) 
             )
         indices.append(matches[-1])
     return _create(name, pretrained, features_only=True, out_indices=tuple(indices), **kwargs)
+
+
+def nchw_features(backbone: nn.Module, feats: List[Tensor]) -> List[Tensor]:
+    """The backbone's feature maps as (B, C, H, W): timm's ``features_only`` swin/swinv2 return (B, H, W, C)
+    and say so in ``output_fmt``; the FPN takes channels first."""
+    if str(getattr(backbone, "output_fmt", "NCHW")).endswith("NHWC"):
+        return [f.permute(0, 3, 1, 2) for f in feats]
+    return list(feats)
 
 
 def backbone_channels(backbone: nn.Module) -> List[int]:

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .backbone import backbone_channels, backbone_strides, create_feature_backbone
+from .backbone import backbone_channels, backbone_strides, create_feature_backbone, nchw_features
 from .decode import batched_nms_postprocess, decode
 from .families.seed import SEED_FCOS
 from .fpn import FPN
@@ -72,7 +72,7 @@ class ObjectDetector(nn.Module):
 
     def forward(self, images: Tensor) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         check_images(images)
-        return self.head(self.fpn(self.backbone(images)))
+        return self.head(self.fpn(nchw_features(self.backbone, self.backbone(images))))
 
     def decode(
         self,

@@ -79,3 +79,24 @@ def test_backbone_finds_levels_beyond_timms_default_out_indices():
     assert bb.feature_info.out_indices == (3, 4, 5)
     outs = bb(torch.randn(1, 3, 64, 64))
     assert [tuple(o.shape[2:]) for o in outs] == [(8, 8), (4, 4), (2, 2)]
+
+
+def test_channels_last_backbones_feed_the_fpn_channels_first():
+    """timm's features_only swin returns (B, H, W, C) maps (output_fmt NHWC); the detector failed with
+    'FPN input C3 must be (B, 192, H, W), got (1, 28, 28, 192)'.  They are permuted to (B, C, H, W)."""
+    from autotimm_deploy import ObjectDetector
+    from autotimm_deploy.models.backbone import nchw_features
+
+    torch.manual_seed(0)
+    model = ObjectDetector("swin_tiny_patch4_window7_224", num_classes=3, fpn_channels=32, num_convs=1).eval()
+    assert str(model.backbone.output_fmt).endswith("NHWC")
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        raw = model.backbone(x)
+        feats = nchw_features(model.backbone, raw)
+        cls, box, ctr = model(x)
+    assert [tuple(f.shape) for f in raw][0] == (1, 28, 28, 192)
+    assert [tuple(f.shape[1:]) for f in feats] == [(192, 28, 28), (384, 14, 14), (768, 7, 7)]
+    torch.testing.assert_close(feats[0], raw[0].permute(0, 3, 1, 2))
+    assert [tuple(c.shape[2:]) for c in cls] == [(28, 28), (14, 14), (7, 7), (4, 4), (2, 2)]
+    assert nchw_features(create_feature_backbone("test_resnet"), raw[:1])[0] is raw[0]  # NCHW left as it is
