@@ -260,12 +260,14 @@ def select(subset: str = "full", only: Optional[str] = None, *, list_name: str =
         fams = sample["families"] if sample and list_name != "curated" else {}
         by_model = {r["model"]: f for f, r in fams.items() if r.get("model")}
         for t in tasks:
-            for name in [x.strip() for x in only.split(",") if x.strip()]:
+            for item in [x.strip() for x in only.split(",") if x.strip()]:
+                name, _, size = item.partition("@")  # NAME@SIZE: that square input size
                 fam = name if name in fams and fams[name].get("model") else by_model.get(name)
                 if fam:
-                    out.append(sample_entry(fam, fams[fam], t))
+                    e = sample_entry(fam, fams[fam], t)
                 else:
-                    out.append(Entry(**{**asdict(curated.get(name, Entry("-", name))), "task": t}))
+                    e = Entry(**{**asdict(curated.get(name, Entry("-", name))), "task": t})
+                out.append(Entry(**{**asdict(e), "size": int(size)}) if size else e)
     elif list_name == "curated" and subset != "ci":
         out = [Entry(**{**asdict(b), "task": t}) for t in tasks for b in BACKBONES]
     else:
@@ -534,7 +536,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--task", choices=["detection", "classification", "both"], default="both")
     ap.add_argument("--subset", choices=["full", "ci"], default="full",
                     help=f"ci: the first {CI_SAMPLE} families of the seeded order (both tasks) + the curated CI_SUBSET")
-    ap.add_argument("--only", help="comma-separated timm names or families (names in neither list run at 128 px)")
+    ap.add_argument("--only", help="comma-separated timm names or families (names in neither list run at 128 px; NAME@SIZE for "
+                         "another square input size)")
     ap.add_argument("--resample", action="store_true", help=f"redraw {SAMPLE_FILE.name} from the installed timm")
     ap.add_argument("--dry-run", action="store_true", help="print the selected entries and stop")
     ap.add_argument("--no-gate", action="store_true", help="exit 0 even on new failures (a table, not a gate)")

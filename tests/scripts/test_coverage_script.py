@@ -229,3 +229,9 @@ def test_backbone_without_stride8_level_is_a_recorded_failure(coverage, tmp_path
     md = coverage.render([res], _meta())
     assert "strides" in md and "## Failures grouped by cause" in md and "0 passed / 1" in md
     assert "| detection | 1 | 0 |" in md
+
+
+def test_only_takes_an_input_size_per_name(coverage, sample):
+    entries = coverage.select(only="resnet18@96,spnasnet_100@224", task="classification", sample=sample)
+    assert [(e.model, e.hw, e.task) for e in entries] == [("resnet18", (96, 96), "classification"),
+                                                          ("spnasnet_100", (224, 224), "classification")]
