@@ -336,10 +336,11 @@ def _ci_lines(results: List[Dict], meta: Dict) -> List[str]:
     if ci and len(rows) == len(ci):
         t = sum(r.get("wall_s", r.get("seconds", 0.0)) for r in rows)
         lines.append(f"The CI subset's {len(rows)} rows add up to {t:.0f} s ({t / 60:.1f} min).")
-    lines += ["", "CI runs the fast subset (`--subset ci`: the first 6 families of the seeded order, both tasks, and "
+    n_ci = (meta.get("ci") or {}).get("sample_families", "the first")
+    lines += ["", f"CI runs the fast subset (`--subset ci`: the first {n_ci} families of the seeded order, both tasks, and "
                   "the curated list's CI_SUBSET, detection) and gates on the exit code (0: every entry passed or failed "
                   "as recorded in KNOWN; 1: a new failure, or a known failure that now passes):", "",
               f"    {CI_COMMAND}", "",
-              "The full table (this file) comes from the run over every eligible family, both tasks, committed:", "",
+              "The table in this file: `" + meta["command"] + "`. Every eligible family, both tasks:", "",
               f"    {FULL_COMMAND}"]
     return lines
