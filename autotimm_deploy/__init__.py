@@ -3,21 +3,13 @@
 __version__ = "0.1.0"
 
 from .errors import AutotimmError, ExportError, ModelFileError, ParityError
-import importlib
+from ._lazy import lazy_namespace
 
 #: the model classes and file functions live in .models (torch, timm): imported on first use (PEP 562),
 #: so that ``import autotimm_deploy`` and the CLIs' ``--help`` stay fast
 _MODELS = ("FPN", "ClassificationHead", "DetectionHead", "ImageClassifier", "ObjectDetector", "create_feature_backbone",
            "load_model", "load_model_file", "save_model")
-
-
-def __getattr__(name: str):
-    if name in _MODELS:
-        value = getattr(importlib.import_module(".models", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_namespace(__name__, dict.fromkeys(_MODELS, "models"), globals())
 
 __all__ = [
     "__version__",

@@ -8,7 +8,7 @@ backends with one ``infer`` contract), :mod:`.predictor` (``load(path).predict(i
 :mod:`.runner` (Polygraphy runner on CUDA).
 """
 
-import importlib
+from .._lazy import lazy_namespace
 
 #: public name -> submodule; resolved on first use (PEP 562) so that importing the subpackage, e.g. for
 #: ``ENGINE_CHOICES`` in a CLI's ``--help``, loads neither torch nor ONNX Runtime
@@ -29,13 +29,4 @@ from . import load as _load_module  # noqa: E402,F401
 del globals()["load"]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, globals())

@@ -3,7 +3,7 @@
 Names resolve on first use (PEP 562): ``autotimm_deploy.models.overrides`` and the family declarations
 import without torch."""
 
-import importlib
+from .._lazy import lazy_namespace
 
 _EXPORTS = {
     "create_feature_backbone": "backbone", "ImageClassifier": "classifier", "BBOX_LOG_CLAMP": "decode",
@@ -15,13 +15,4 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_namespace(__name__, _EXPORTS, globals())
