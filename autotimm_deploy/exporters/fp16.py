@@ -7,8 +7,9 @@ weights and activations are float16, except for *FP32 islands*: nodes picked by 
 ``Cast`` nodes are inserted on every edge that crosses a precision boundary; graph outputs stay
 float32 by default and the input is float32 with a Cast unless ``fp16_input=True``.
 
-:func:`find_overflows` is the guard: it runs the float32 graph with every intermediate tensor exposed
-and lists the nodes whose inputs or outputs leave the FP16 range (with a safety margin).
+:func:`find_overflows` is the guard: it measures the value range of every intermediate tensor of the float32
+graph on the probes (:mod:`.ranges`) and lists the nodes whose inputs or outputs leave the FP16 range (with a
+safety margin).
 :func:`convert_to_fp16_guarded` keeps those nodes in FP32, converts, runs the FP16 graph on the same
 probes and, if any output is still inf/NaN, keeps the first node producing a non-finite value in
 FP32 too, until the graph is finite.  Everything it kept is reported.
@@ -39,6 +40,7 @@ import onnx_graphsurgeon as gs
 from ..errors import ExportError
 from .onnx_export import reinfer_shapes, set_metadata
 from .options import DEFAULT_ISLANDS, Fp32Islands
+from .ranges import measure_ranges
 
 __all__ = ["Fp32Islands", "DEFAULT_ISLANDS", "Fp16Plan", "Overflow", "convert_to_fp16", "find_overflows",
            "convert_to_fp16_guarded", "FP16_MAX", "probe_inputs"]
@@ -227,58 +229,6 @@ def _run_all_tensors(model: onnx.ModelProto, feed: Dict[str, np.ndarray], names:
     return dict(zip(outs, sess.run(outs, feed)))
 
 
-def release_free_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere): ONNX Runtime's
-    worker threads free large activations into per-thread heaps, which otherwise stay in the RSS."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _abs_max_all(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]], names: Sequence[str],
-                 announce: Callable[[int], None] = lambda k: None) -> List[Dict[str, float]]:
-    """max |x| of each named float tensor, per feed, computed in-graph (ReduceMax and ReduceMin per
-    tensor, no copies) so that only scalars leave ONNX Runtime.  ``model`` is changed in place (pass a copy)."""
-    import onnxruntime as ort
-
-    m = model
-    index = {n: k for k, n in enumerate(names)}
-    outs, nodes = [], []
-    for node in m.graph.node:  # each reduction right after its producer: ONNX Runtime runs nodes in this
-        nodes.append(node)     # order, so a tensor is freed once read, not kept alive to the graph's end
-        for t in node.output:
-            if t not in index:
-                continue
-            for op in ("ReduceMax", "ReduceMin"):
-                r = f"absmax/{index[t]}/{op}"
-                nodes.append(onnx.helper.make_node(op, [t], [r], name=r, keepdims=0))
-                m.graph.output.append(onnx.helper.make_tensor_value_info(r, onnx.TensorProto.FLOAT, []))
-                outs.append(r)
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # with a scalar output on every tensor, the arena and the memory pattern grow to several GB on a 640 px
-    # ResNet-50 (peak RSS +3.5 GB); without them (and in producer order) the run peaks at about +1.2 GB
-    opts.enable_cpu_mem_arena = False
-    opts.enable_mem_pattern = False
-    opts.add_session_config_entry("session.disable_prepacking", "1")  # no second copy of the weights
-    data = m.SerializeToString()
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-    del data
-    result = []
-    for k, feed in enumerate(feeds):
-        announce(k)
-        v = dict(zip(outs, sess.run(outs, feed)))
-        release_free_memory()
-        result.append({n: max(abs(float(v[f"absmax/{k}/ReduceMax"])), abs(float(v[f"absmax/{k}/ReduceMin"])))
-                       for k, n in enumerate(names) if f"absmax/{k}/ReduceMax" in v})
-    return result
-
-
 def find_overflows(model: onnx.ModelProto, probes: Sequence[Tuple[str, Dict[str, np.ndarray]]],
                    margin: float = 2.0, progress: Optional[Callable[[str], None]] = None) -> List[Overflow]:
     """Nodes of the float32 ``model`` with an input or output whose |value| exceeds ``FP16_MAX / margin``
@@ -292,11 +242,10 @@ def find_overflows(model: onnx.ModelProto, probes: Sequence[Tuple[str, Dict[str,
     found: Dict[str, Overflow] = {}
     say = progress or (lambda line: None)
     announce = lambda k: say(f"      overflow guard: FP32 probe {k + 1}/{len(probes)} ({probes[k][0]})")  # noqa: E731
-    maxima = _abs_max_all(model, [feed for _, feed in probes], names, announce)
+    ranges = measure_ranges(model, [feed for _, feed in probes], names, announce)
     del model
-    for (label, feed), values in zip(probes, maxima):
-        values.update({k: float(np.abs(v).max()) for k, v in feed.items() if v.dtype == np.float32 and v.size})
-        big = {t: v for t, v in values.items() if v > limit}
+    for (label, feed), values in zip(probes, ranges):
+        big = {t: max(abs(lo), abs(hi)) for t, (lo, hi) in values.items() if max(abs(lo), abs(hi)) > limit}
         for name, op, io in nodes:
             if op in _PASSTHROUGH:
                 continue

@@ -24,6 +24,7 @@ import torch
 from .. import _json as strict_json
 from .. import __version__
 from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove_file, sha256_file
+from .._memory import release_free_memory
 from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
 from ..models.io import LoadedModel, load_model_file
@@ -224,6 +225,7 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         reference_cache[cache_key(model, decode, options.topk, first)] = reference_from_forward(
             model, forward, size, decode, options.topk)
     del forward
+    release_free_memory()  # the exporter's buffers (about 0.6 GB at 640 px)
     steps["export"] = time.time() - t
     exporter = get_metadata(raw).get("exporter", "torchscript")
     raw_opset = raw.opset_import[0].version
@@ -248,6 +250,7 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
     else:
         fused = fold_graph(raw)
     del raw  # written; 100+ MB for a large model, not needed again
+    release_free_memory()
     steps["surgery"] = time.time() - t
     onnx_path = out_dir / "model.onnx"
     atomic_write_bytes(onnx_path, fused.SerializeToString())
