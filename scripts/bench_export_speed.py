@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Dict, List
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The tables above this line are written by the script; the text below it is kept as it is.
+KEEP_MARKER = "<!-- measured tables end here; the text below is kept by scripts/bench_export_speed.py -->"
 
 
 def _worktree(rev: str, where: Path) -> Path:
@@ -162,7 +164,10 @@ def main() -> int:
     for k in ("old", "new"):
         for r, x in enumerate(runs[k]):
             lines.append(f"| {r} | {revs[k]} | {x['wall_s']:.1f} | {x['user_s']:.1f} | {x['peak_rss_mb']:.0f} | {x['rc']} |")
-    args.out.write_text("\n".join(lines) + "\n")
+    kept = ""  # the written analysis below the tables survives a re-run
+    if args.out.exists() and KEEP_MARKER in args.out.read_text():
+        kept = args.out.read_text().split(KEEP_MARKER, 1)[1]
+    args.out.write_text("\n".join(lines) + "\n\n" + KEEP_MARKER + (kept or "\n"))
     if args.json:
         args.json.write_text(json.dumps({"probe": probe, "runs": runs, "help": helps, "revs": revs}, indent=2))
     for t in trees.values():
