@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help='JSON overriding the defaults, e.g. {"fp16": {"tensor": {"atol": {"boxes": 2}}, '
                             '"task": {"map_points": 0.5}}}')
     rules.add_argument("--map-tol", type=float, metavar="POINTS",
-                       help="allowed mAP drop in points for every precision (default FP32 0.1, FP16 0.2)")
+                       help="allowed mAP drop in points for every precision (default FP32 0.1, FP16 0.2, INT8 1.0)")
     rules.add_argument("--strict", action="store_true", help="a level that cannot run here (e.g. an engine without a GPU) fails")
     out = p.add_argument_group("outputs")
     out.add_argument("--junit", type=Path, metavar="FILE", help="JUnit XML: one test case per artifact and level")
@@ -73,7 +73,7 @@ def _body(args: argparse.Namespace) -> int:
     if args.map_tol is not None:
         if args.map_tol < 0:
             raise ParityError(f"--map-tol must be >= 0 points, got {args.map_tol}")
-        overrides = {p: {"task": {"map_points": args.map_tol}} for p in ("fp32", "fp16")}
+        overrides = {p: {"task": {"map_points": args.map_tol}} for p in ("fp32", "fp16", "int8")}
     thresholds = load_thresholds(args.tolerances, overrides)
     say = (lambda s: None) if args.quiet else print
     result = check_artifacts(args.model, args.artifacts, data=args.data, random=args.random,

@@ -100,7 +100,7 @@ def to_junit(result: SuiteResult) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-_MARK = {"pass": "pass", "fail": "**FAIL**", "skipped": "skipped"}
+_MARK = {"pass": "pass", "fail": "**FAIL**", "skipped": "skipped", "info": "info"}
 
 
 def _metric(m: dict, key: str) -> str:

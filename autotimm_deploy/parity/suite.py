@@ -31,7 +31,6 @@ True
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,113 +40,17 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from ..errors import AutotimmError, ParityError
-from .check import FALLBACK_TOP_K, FP16_TOLERANCES, FP32_TOLERANCES, Tolerances
+from .check import FALLBACK_TOP_K
+from .thresholds import DEFAULT_THRESHOLDS, DetectionRule, TaskRule, Thresholds, load_thresholds  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # the model-file side is imported when checking (it pulls in torch and timm)
-    from ..models.io import ModelOverrides
+    from ..models.io import LoadedModel, ModelOverrides
 
 __all__ = ["DetectionRule", "TaskRule", "Thresholds", "DEFAULT_THRESHOLDS", "load_thresholds", "Artifact",
            "resolve_artifacts", "LevelResult", "ArtifactResult", "SuiteResult", "check_artifacts", "LEVELS"]
 
 LEVELS = ("tensor", "detection", "task")
 Progress = Optional[Callable[[str], None]]
-
-
-@dataclass
-class DetectionRule:
-    """Detection-level rule: references with score >= ``score_thresh`` matched by class and IoU >= ``iou``;
-    pass when >= ``min_match`` of them match and no matched pair differs in score by more than ``max_score_diff``."""
-
-    score_thresh: float = 0.3
-    iou: float = 0.9
-    min_match: float = 0.99
-    max_score_diff: float = 1e-3
-
-
-@dataclass
-class TaskRule:
-    """Task-level rule, in points (1 point = 0.01 mAP or 1 % accuracy): pass when the artifact's metric
-    >= PyTorch's - tolerance; classifiers also need top-1 agreement >= ``min_agreement``."""
-
-    map_points: float = 0.1
-    top1_points: float = 0.1
-    min_agreement: float = 0.999
-    score_thresh: float = 0.05  # detections kept for mAP (COCO practice: low threshold, NMS, top 100)
-    nms_iou: float = 0.6
-    max_detections: int = 100
-
-
-@dataclass
-class Thresholds:
-    tensor: Tolerances
-    detection: DetectionRule
-    task: TaskRule
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"tensor": asdict(self.tensor), "detection": asdict(self.detection), "task": asdict(self.task)}
-
-
-#: Defaults per precision.  FP32: exports reproduce PyTorch to ~1e-5, so any task-level change beyond
-#: score ties is a bug (0.1 point, 99.9 % agreement).  FP16: the issue's 0.2 mAP point; top-1 may flip
-#: only where the two best logits are within the FP16 logit error (<= 5e-2): 0.5 point, 99 % agreement.
-DEFAULT_THRESHOLDS: Dict[str, Thresholds] = {
-    "fp32": Thresholds(FP32_TOLERANCES, DetectionRule(max_score_diff=1e-3), TaskRule(0.1, 0.1, 0.999)),
-    "fp16": Thresholds(FP16_TOLERANCES, DetectionRule(max_score_diff=2e-2), TaskRule(0.2, 0.5, 0.99)),
-}
-
-
-def _merge(obj, updates: Dict[str, Any], where: str):
-    names = {f for f in obj.__dataclass_fields__}
-    for k, v in updates.items():
-        if k not in names:
-            raise ParityError(f"{where}: unknown key {k!r}; allowed: {', '.join(sorted(names))}")
-        cur = getattr(obj, k)
-        if isinstance(cur, dict):
-            if not isinstance(v, dict) or not all(isinstance(x, (int, float)) for x in v.values()):
-                raise ParityError(f"{where}.{k}: expected an object of output name -> number, got {v!r}")
-            cur.update({name: float(x) for name, x in v.items()})
-        elif isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ParityError(f"{where}.{k}: expected a non-negative number, got {v!r}")
-        else:
-            setattr(obj, k, type(cur)(v))
-
-
-def load_thresholds(path: Optional[str | Path] = None, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Thresholds]:
-    """The default thresholds, updated from a JSON file and/or a dict of the same shape::
-
-        {"fp16": {"tensor": {"atol": {"boxes": 2.0}}, "detection": {"min_match": 0.98},
-                  "task": {"map_points": 0.5}},
-         "fp32": {...}}
-
-    Keys not given keep their defaults; an unknown key is an error naming it.
-    """
-    out = {k: copy.deepcopy(v) for k, v in DEFAULT_THRESHOLDS.items()}
-    layers = []
-    if path is not None:
-        p = Path(path)
-        try:
-            layers.append((str(p), json.loads(p.read_text())))
-        except FileNotFoundError:
-            raise ParityError(f"{p}: tolerances file not found") from None
-        except json.JSONDecodeError as exc:
-            raise ParityError(f"{p}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
-    if overrides:
-        layers.append(("overrides", overrides))
-    for where, data in layers:
-        if not isinstance(data, dict):
-            raise ParityError(f"{where}: expected an object with keys fp32/fp16")
-        for prec, levels in data.items():
-            if prec not in out:
-                raise ParityError(f"{where}: unknown precision {prec!r}; allowed: {', '.join(out)}")
-            if not isinstance(levels, dict):
-                raise ParityError(f"{where}.{prec}: expected an object with keys tensor/detection/task")
-            for level, values in levels.items():
-                if level not in ("tensor", "detection", "task"):
-                    raise ParityError(f"{where}.{prec}: unknown level {level!r}; allowed: tensor, detection, task")
-                if not isinstance(values, dict):
-                    raise ParityError(f"{where}.{prec}.{level}: expected an object")
-                _merge(getattr(out[prec], level), values, f"{where}.{prec}.{level}")
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -160,7 +63,7 @@ class Artifact:
 
     path: Path
     kind: str  # onnx | engine
-    precision: str  # fp32 | fp16
+    precision: str  # fp32 | fp16 | int8
     info: Any  # engines.predictor.ArtifactInfo
     topk: Optional[int]
     source_sha256: Optional[str]
@@ -232,7 +135,7 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> List[Artifact]:
                 arts = json.loads(man.read_text())["artifacts"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ParityError(f"{man}: not an autotimm-export manifest ({exc})") from None
-            files = [man.parent / a["file"] for a in arts if a.get("role") in ("onnx", "onnx-fp16", "engine")]
+            files = [man.parent / a["file"] for a in arts if a.get("role") in ("onnx", "onnx-fp16", "onnx-int8", "onnx-int8-cpu", "engine")]
             out += resolve_artifacts(files)
         elif not p.is_file():
             raise ParityError(f"{p}: no such artifact file")
@@ -254,7 +157,7 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> List[Artifact]:
 @dataclass
 class LevelResult:
     level: str
-    status: str  # pass | fail | skipped
+    status: str  # pass | fail | skipped | info (reported, not deciding)
     message: str
     seconds: float = 0.0
     details: Dict[str, Any] = field(default_factory=dict)
@@ -516,9 +419,13 @@ def check_artifacts(
     strict: bool = False,
     progress: Progress = print,
     overrides: Optional["ModelOverrides"] = None,
+    loaded: Optional["LoadedModel"] = None,
+    reference_cache: Optional[Dict] = None,
 ) -> SuiteResult:
     """Check every artifact against the model file; see the module docstring.  ``data`` (a folder of
-    images, annotated or not) or ``random`` (that many seeded N(0, 1) inputs, default 8) are the inputs."""
+    images, annotated or not) or ``random`` (that many seeded N(0, 1) inputs, default 8) are the inputs.
+    ``loaded`` (the model file, already loaded) and ``reference_cache`` (a dict kept between calls) let repeated
+    checks of the same model run PyTorch once per input."""
     from ..engines.predictor import load_image
     from ..models.io import ModelOverrides, load_model_file
     from .check import run_parity
@@ -535,7 +442,8 @@ def check_artifacts(
     arts = resolve_artifacts(artifacts)
     # what the export was told about the model and the file does not record (an AutoTimm checkpoint's class
     # names, input size, mean/std) comes from the first artifact's metadata unless given here
-    loaded = load_model_file(model_path, overrides or ModelOverrides.from_dict(arts[0].info.overrides))
+    if loaded is None:
+        loaded = load_model_file(model_path, overrides or ModelOverrides.from_dict(arts[0].info.overrides))
     model = loaded.model
     for a in arts:
         if a.info.task != loaded.task:
@@ -553,7 +461,7 @@ def check_artifacts(
     else:
         inputs = {"mode": "random", "count": random, "seed": seed}
         say(f"inputs: {random} seeded random N(0, 1) images (seed {seed}); task metrics need --data")
-    cache: Dict = {}  # PyTorch runs once per distinct input
+    cache: Dict = {} if reference_cache is None else reference_cache  # PyTorch runs once per distinct input
     feeds_cache: Dict = {}
     results: List[ArtifactResult] = []
     for k, art in enumerate(arts, 1):
@@ -580,7 +488,7 @@ def check_artifacts(
         rule = th.detection
         try:
             report = run_parity(model, art.path, feeds.feeds, art.info.decode, art.topk, tolerances=th.tensor,
-                                runner=art.runner(providers), reference_cache=cache,
+                                runner=art.runner(providers), reference_cache=cache, quiet=progress is None,
                                 detection_kwargs={"score_thr": rule.score_thresh, "iou_thr": rule.iou,
                                                   "min_match": rule.min_match})
         except ParityError as exc:
@@ -589,6 +497,9 @@ def check_artifacts(
             results.append(res)
             continue
         tensor = _tensor_level(report, round(time.time() - t, 3))
+        if not th.tensor_decides:  # reported, never deciding (INT8)
+            tensor = LevelResult(tensor.level, "info", f"informative only ({tensor.status}): {tensor.message}",
+                                 tensor.seconds, tensor.details)
         res.levels.append(tensor)
         if loaded.task == "detection":
             res.levels.append(_detection_level(report, rule, tensor))
