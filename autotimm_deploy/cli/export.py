@@ -1,4 +1,4 @@
-"""``autotimm-export MODEL [--out DIR] [--fp16] [--engine ...] ...``: model file -> verified ONNX and engines.
+"""``autotimm-export MODEL [--out DIR] [--fp16] [--int8 --calib DIR --int8-eval DIR] [--engine ...] ...``: model file -> verified ONNX and engines.
 
 MODEL is a model file written by autotimm_deploy.save_model (.pt / .safetensors), an AutoTimm
 checkpoint (.ckpt, e.g. best-*.ckpt of its ModelCheckpoint) or a Lightning log directory holding
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..engines.library import ENGINE_CHOICES, RTX_TARGETS
-from ..exporters.options import DEFAULT_ISLANDS
+from ..exporters.options import CALIB_METHODS, DEFAULT_ISLANDS
 from ..errors import ModelFileError
 from .common import add_model_arguments, make_parser, model_overrides, run_main
 
@@ -63,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "'+GLOB,...' adds to the default")
     g.add_argument("--no-overflow-guard", action="store_true",
                    help="do not probe for FP16 overflow (layers that would overflow are otherwise kept in FP32)")
+    q = p.add_argument_group("INT8", "calibrated INT8 ONNX with explicit Q/DQ (ONNX Runtime's quantization), gated on "
+                                     "accuracy and repaired automatically; the engine is then built from it")
+    q.add_argument("--int8", action="store_true",
+                   help="write model.int8.onnx (TensorRT form) and model.int8-cpu.onnx (ONNX Runtime CPU form)")
+    q.add_argument("--calib", type=str, default=None, metavar="DIR", help="calibration images (any image folder)")
+    q.add_argument("--calib-count", type=int, default=256, metavar="N", help="calibration images used (default 256)")
+    q.add_argument("--calib-method", choices=CALIB_METHODS, default="minmax",
+                   help="how activation ranges are chosen (default minmax: see docs/int8.md)")
+    q.add_argument("--int8-eval", type=str, default=None, metavar="DIR",
+                   help="held-out folder for the accuracy gate (annotated: mAP / top-1), not the calibration folder")
+    q.add_argument("--int8-max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="largest mAP@0.5:0.95 / top-1 drop vs PyTorch FP32 allowed, in points (default 1.0)")
+    q.add_argument("--int8-repair-steps", type=int, default=6, metavar="N",
+                   help="groups of layers the repair may keep in FP32 before the export fails (default 6; 0: no repair)")
     e = p.add_argument_group("engine")
     e.add_argument("--engine", choices=ENGINE_CHOICES, default="auto",
                    help="auto (default): full TensorRT if it imports and a GPU is present, else TensorRT-RTX; none: skip")
@@ -100,7 +114,9 @@ def _body(args: argparse.Namespace) -> int:
                          fp16=args.fp16, fp16_input=args.fp16_input,
                          fp32_ops=_with_default(args.fp32_ops, DEFAULT_ISLANDS.op_types),
                          fp32_nodes=_with_default(args.fp32_nodes, DEFAULT_ISLANDS.node_names),
-                         overflow_guard=not args.no_overflow_guard, engine=args.engine,
+                         overflow_guard=not args.no_overflow_guard, int8=args.int8, calib=args.calib,
+                         calib_count=args.calib_count, calib_method=args.calib_method, int8_eval=args.int8_eval,
+                         int8_max_drop=args.int8_max_drop, int8_repair_steps=args.int8_repair_steps, engine=args.engine,
                          target_cc=tuple(t.upper() for t in args.target_cc),
                          workspace_mib=args.workspace, cache=not args.no_cache, cache_dir=args.cache_dir)
     out = args.out or args.model.with_name(args.model.stem + "_export")
@@ -126,6 +142,13 @@ def _body(args: argparse.Namespace) -> int:
                      else f"; detections matched {det['matched']}/{det['reference']}"
                      + (" (top candidates: none above the threshold)" if det["basis"] == "top-k" else "") if det else "")
             print(f"parity {rep['artifact']}: {'PASS' if rep['passed'] else 'FAIL'} (max abs err: {worst}{det_s})")
+        if parity.get("int8"):
+            kept = parity["int8"]["kept_fp32"]
+            for form, f in parity["int8"]["forms"].items():
+                g = f["gate"]
+                print(f"int8 gate {f['file']}: PASS (detection {g['levels'].get('detection', '-')}, task "
+                      f"{g['levels'].get('task', '-')}, drop {g['drop_points']} points)")
+            print(f"int8 repair: {len(kept)} layers kept in FP32" + (f": {', '.join(k['node'] for k in kept)}" if kept else ""))
         if parity.get("engine"):
             print(f"parity engine: {parity['engine']['summary']}")
         print(f"\nparity: {'PASS' if parity['passed'] else 'FAIL'}")

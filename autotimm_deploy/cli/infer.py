@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("infer_out"), help="output directory (default infer_out)")
     p.add_argument("--backend", choices=["auto", "tensorrt", "onnxruntime", "pytorch"], default="auto",
                    help="auto: the engine where it can run, else ONNX Runtime (default)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default=None,
+    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
                    help="with an export directory and ONNX Runtime: which ONNX to run")
     p.add_argument("--score-thr", type=float, default=None, help="minimum score (default: the model's)")
     p.add_argument("--iou-thr", type=float, default=None, help="NMS IoU threshold (default: the model's)")

@@ -60,7 +60,7 @@ def static_profile(name: str, shape: Sequence[int]) -> Profile:
 
 @dataclass
 class BuildConfig:
-    """How to build.  ``precision`` is "fp32" or "fp16".  ``targets``: TensorRT-RTX compute
+    """How to build.  ``precision`` is "fp32", "fp16" or "int8" (a Q/DQ ONNX: explicit quantization).  ``targets``: TensorRT-RTX compute
     capabilities (e.g. ``("SM86", "SM89")``; empty: the GPU present, else every target).
     ``fp32_layers``: with TensorRT 10's FP16 flag, ONNX node names pinned to FP32 (the islands)."""
 
@@ -73,8 +73,8 @@ class BuildConfig:
     timing_cache: Optional[Path] = None  # full TensorRT only
 
     def __post_init__(self) -> None:
-        if self.precision not in ("fp32", "fp16"):
-            raise EngineError(f"precision must be fp32 or fp16, got {self.precision!r}")
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise EngineError(f"precision must be fp32, fp16 or int8, got {self.precision!r}")
         bad = [t for t in self.targets if t not in RTX_TARGETS]
         if bad:
             raise EngineError(f"--target-cc: unknown target(s) {bad}; TensorRT-RTX builds for {', '.join(RTX_TARGETS)} "
@@ -229,6 +229,13 @@ def build_engine(onnx_path: str | Path, lib: TrtLibrary, config: BuildConfig, pr
                 layer.precision = trt.float32
                 for k in range(layer.num_outputs):
                     layer.set_output_type(k, trt.float32)
+    if config.precision == "int8":
+        has_q = any(network.get_layer(i).type == trt.LayerType.QUANTIZE for i in range(network.num_layers))
+        if not has_q:
+            raise EngineError(f"an INT8 engine needs a Q/DQ ONNX (model.int8.onnx from `autotimm-export --int8`), but "
+                              f"{onnx_path.name} has no QuantizeLinear")
+        if not lib.strongly_typed:  # TensorRT 10: explicit quantization still needs the INT8 flag
+            cfg.set_flag(trt.BuilderFlag.INT8)
     if config.precision == "fp16" and lib.strongly_typed:
         has16 = any(_dtype_name(network.get_layer(i).get_output(k).dtype) == "float16"
                     for i in range(network.num_layers) for k in range(network.get_layer(i).num_outputs))

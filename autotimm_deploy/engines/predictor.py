@@ -241,7 +241,8 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
     an ``.onnx`` or a model file (``.pt``/``.safetensors``).
 
     ``backend``: ``auto`` (an export directory: the engine if this machine can run it, else ONNX
-    Runtime on the FP32 ONNX, or the FP16 ONNX when ``precision="fp16"`` or ONNX Runtime has CUDA),
+    Runtime on the FP32 ONNX, or the FP16 ONNX when ``precision="fp16"`` or ONNX Runtime has CUDA, or the
+    INT8 ONNX when ``precision="int8"``: its CPU form on CPU, its TensorRT form with CUDA),
     ``tensorrt`` (the engine; an error says why it cannot run), ``onnxruntime`` or ``pytorch``
     (the export's source model file).  ``predictor.why`` says what was chosen and why.
     Engines are checked in a child process before they are deserialised (:mod:`.probe`) and their host
@@ -260,7 +261,7 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
     checkpoint_dir = path.is_dir() and not (path / "manifest.json").exists() and (
         any(path.glob("*.ckpt")) or any(path.glob("checkpoints/*.ckpt")))  # a Lightning log directory
     if precision is not None and not (path.is_dir() and not checkpoint_dir) and path.name != "manifest.json":
-        raise AutotimmError(f"--precision chooses between an export directory's FP32 and FP16 ONNX; {path} is one "
+        raise AutotimmError(f"--precision chooses between an export directory's FP32, FP16 and INT8 ONNX; {path} is one "
                             "file: load the file you want")
     if overrides and not (model_file or checkpoint_dir):
         raise AutotimmError(f"{path}: class names, input size and mean/std are recorded in an export; they can be given "
@@ -289,6 +290,13 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
             return load(src, "pytorch", overrides=manifest["source"].get("overrides"))._with(
                 str(src), "the export's source model file")
         cuda = "CUDAExecutionProvider" in (providers or onnxruntime_providers())
+        if precision == "int8":  # the CPU form on CPU (U8S8 kernels), the TensorRT form with CUDA
+            role = "onnx-int8" if cuda else "onnx-int8-cpu"
+            if role not in arts:
+                raise AutotimmError(f"{d}: no INT8 ONNX in this export (export with --int8)")
+            onnx_path = d / arts[role]["file"]
+            return load(onnx_path, "onnxruntime", providers=providers)._with(
+                str(onnx_path), why + f"ONNX Runtime on the INT8 ONNX ({arts[role].get('runtime', role)})")
         want16 = precision == "fp16" or (precision is None and cuda)
         role = "onnx-fp16" if want16 and "onnx-fp16" in arts else "onnx"
         if precision == "fp16" and role != "onnx-fp16":

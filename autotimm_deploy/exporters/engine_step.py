@@ -70,18 +70,20 @@ def engine_step(step, say, options: "ExportOptions", library, onnx_path: Path, f
     from ..engines.sidecar import EngineCache
 
     lib, why = library
-    precision = "fp16" if options.fp16 else "fp32"
-    if precision == "fp16" and lib.strongly_typed:
+    precision = "int8" if options.int8 else ("fp16" if options.fp16 else "fp32")
+    fp32_layers: Tuple[str, ...] = ()
+    if precision == "int8":
+        source = onnx_path.parent / "model.int8.onnx"  # explicit Q/DQ (the TensorRT form)
+    elif precision == "fp16" and lib.strongly_typed:
         source = fp16_path  # precision is in the graph's types
-        fp32_layers: Tuple[str, ...] = ()
     else:
         source = onnx_path  # FP32 network; on TensorRT 10 the FP16 flag + pinned FP32 islands
         fp32_layers = tuple(plan.fp32_nodes) if plan is not None else ()
-    name = "model.fp16.engine" if precision == "fp16" else "model.engine"
+    name = {"int8": "model.int8.engine", "fp16": "model.fp16.engine", "fp32": "model.engine"}[precision]
     step(f"building {precision.upper()} engine with {lib.name} {lib.version} from {source.name} ({why})")
     config = BuildConfig(profiles=[profile], precision=precision, workspace_mib=options.workspace_mib,
                          targets=tuple(options.target_cc), fp32_layers=fp32_layers,
-                         fp32_islands=options.islands().to_dict() if options.fp16 else None)
+                         fp32_islands=options.islands().to_dict() if options.fp16 or options.int8 else None)
     cache = EngineCache(options.cache_dir) if options.cache else None
     if cache is not None and not lib.ahead_of_time:
         from ..engines.library import gpu_info
@@ -107,15 +109,15 @@ def engine_parity(say, model, engine_path: Path, feeds, decode: str, options: "E
 
     sidecar = check_engine(engine_path)
     ok, why = engine_runnable(sidecar)
-    onnx_verdict = "FP16 ONNX" if options.fp16 else "ONNX"
+    onnx_verdict = "INT8 ONNX gate" if options.int8 else ("FP16 ONNX" if options.fp16 else "ONNX")
     if not ok:
         summary = f"engine built, not executed: {why}; the {onnx_verdict} parity verdict stands"
         say(f"      {summary}")
         return {"status": "not executed", "reason": why, "summary": summary}
     from ..engines.runner import EngineRunner
-    from ..parity.check import FP16_TOLERANCES, FP32_TOLERANCES, run_parity
+    from ..parity.check import FP16_TOLERANCES, FP32_TOLERANCES, INT8_TOLERANCES, run_parity
 
-    tol = FP16_TOLERANCES if options.fp16 else FP32_TOLERANCES
+    tol = INT8_TOLERANCES if options.int8 else (FP16_TOLERANCES if options.fp16 else FP32_TOLERANCES)
     rep = run_parity(model, engine_path, feeds, decode, options.topk, tolerances=tol,
                      runner=EngineRunner(engine_path, name=engine_path.name), reference_cache=reference_cache)
     summary = f"executed on {why}: {'PASS' if rep.passed else 'FAIL'} ({rep.summary()})"

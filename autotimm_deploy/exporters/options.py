@@ -16,7 +16,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..models.overrides import ModelOverrides
 
-__all__ = ["ExportOptions", "Fp32Islands", "DEFAULT_ISLANDS", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "DECODE_MODES"]
+__all__ = ["ExportOptions", "Fp32Islands", "DEFAULT_ISLANDS", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "DECODE_MODES",
+           "CALIB_METHODS"]
 
 #: The default ONNX opset of exported graphs.
 DEFAULT_OPSET = 17
@@ -24,6 +25,8 @@ DEFAULT_OPSET = 17
 MIN_OPSET, MAX_OPSET = 13, 20
 #: What the graph surgery can fuse into a detector's ONNX.
 DECODE_MODES = ("raw", "activations", "boxes")
+#: INT8 calibration methods (ONNX Runtime's CalibrationMethod MinMax / Entropy / Percentile).
+CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass
@@ -85,6 +88,14 @@ class ExportOptions:
     fp32_ops: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.op_types
     fp32_nodes: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.node_names
     overflow_guard: bool = True
+    # INT8 ONNX (exporters.int8*): calibration folder, evaluation folder for the accuracy gate, repair budget
+    int8: bool = False
+    calib: Optional[str] = None
+    calib_count: int = 256
+    calib_method: str = "minmax"
+    int8_eval: Optional[str] = None
+    int8_max_drop: float = 1.0
+    int8_repair_steps: int = 6
     # engines
     engine: str = "auto"  # auto | tensorrt | tensorrt-rtx | none
     target_cc: Tuple[str, ...] = ()
@@ -124,6 +135,31 @@ class ExportOptions:
             raise ExportError(f"--workspace must be >= 1 MiB, got {self.workspace_mib}")
         if self.fp32_ops:
             self._check_fp32_ops()
+        self._check_int8()
+
+    def _check_int8(self) -> None:
+        import os
+
+        if not self.int8:
+            if self.calib or self.int8_eval:
+                raise ExportError("--calib and --int8-eval apply to --int8")
+            return
+        if not self.calib or not self.int8_eval:
+            raise ExportError("--int8 needs --calib DIR (calibration images) and --int8-eval DIR (a held-out folder, "
+                              "annotated for mAP / top-1, for the accuracy gate)")
+        for flag, d in (("--calib", self.calib), ("--int8-eval", self.int8_eval)):
+            if not os.path.isdir(d):
+                raise ExportError(f"{flag} {d}: not a folder")
+        if self.calib_method not in CALIB_METHODS:
+            raise ExportError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
+        if self.calib_count < 1:
+            raise ExportError(f"--calib-count must be >= 1, got {self.calib_count}")
+        if not self.int8_max_drop >= 0:
+            raise ExportError(f"--int8-max-drop must be >= 0 points, got {self.int8_max_drop}")
+        if self.int8_repair_steps < 0:
+            raise ExportError(f"--int8-repair-steps must be >= 0, got {self.int8_repair_steps}")
+        if not self.check:
+            raise ExportError("--int8 is gated on accuracy; it cannot be combined with --no-check")
 
     def _check_fp32_ops(self) -> None:
         import onnx

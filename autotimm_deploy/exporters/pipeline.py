@@ -115,23 +115,26 @@ def _io_info(model: onnx.ModelProto) -> Dict[str, List[Dict]]:
 
 
 #: Every file an export may write (the manifest apart).
-_ARTIFACTS = ("model.raw.onnx", "model.onnx", "model.fp16.onnx", "model.engine", "model.engine.json",
-              "model.fp16.engine", "model.fp16.engine.json", "parity.json", "parity.md", "inputs.json",
-              "pytorch_outputs.json")
+_ARTIFACTS = ("model.raw.onnx", "model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx",
+              "int8.calibration.json", "model.engine", "model.engine.json", "model.fp16.engine",
+              "model.fp16.engine.json", "model.int8.engine", "model.int8.engine.json", "parity.json", "parity.md",
+              "inputs.json", "pytorch_outputs.json")
 
 
 def _stale_artifacts(options: ExportOptions) -> List[str]:
     """The files of :data:`_ARTIFACTS` this export does not write: left from an earlier export into the same
     folder (with --fp16, another precision's engine, a parity check), they would sit beside the new manifest.
 
-    >>> _stale_artifacts(ExportOptions(engine="none", check=False))
-    ['model.fp16.onnx', 'model.engine', 'model.engine.json', 'model.fp16.engine', 'model.fp16.engine.json', 'parity.json', 'parity.md', 'inputs.json', 'pytorch_outputs.json']
+    >>> _stale_artifacts(ExportOptions(engine="none", check=False))[:5]
+    ['model.fp16.onnx', 'model.int8.onnx', 'model.int8-cpu.onnx', 'int8.calibration.json', 'model.engine']
     """
     writes = {"model.raw.onnx", "model.onnx"}
     if options.fp16:
         writes.add("model.fp16.onnx")
+    if options.int8:
+        writes |= {"model.int8.onnx", "model.int8-cpu.onnx", "int8.calibration.json"}
     if options.engine != "none":
-        engine = "model.fp16.engine" if options.fp16 else "model.engine"
+        engine = "model.int8.engine" if options.int8 else ("model.fp16.engine" if options.fp16 else "model.engine")
         writes |= {engine, engine + ".json"}
     if options.check:
         writes |= {"parity.json", "parity.md", "inputs.json", "pytorch_outputs.json"}
@@ -168,7 +171,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"--out {out_dir} is an existing file, not a folder: choose another --out")
-    step = _Steps(say, 4 + options.fp16 + (options.engine != "none"))
+    step = _Steps(say, 4 + options.fp16 + options.int8 + (options.engine != "none"))
     steps: Dict[str, float] = {}
     t0 = time.time()
     step(f"loading {model_path}")
@@ -265,7 +268,16 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
                           **fp16_io, "sha256": sha256_file(fp16_path),
                           "fp16_plan": {"fp16_nodes": plan.fp16_nodes, "fp32_nodes": len(plan.fp32_nodes),
                                         "casts": plan.casts, "overflow_kept_fp32": [str(o) for o in plan.overflow]}})
-    del fused  # on disk now: parity and the engine read the files
+    fused_io = _io_info(fused)
+    del fused  # on disk now: parity, INT8 and the engine read the files
+    int8_report = None
+    if options.int8:
+        from .int8_step import int8_step
+
+        t = time.time()
+        int8_report, int8_artifacts = int8_step(step, say, options, loaded, model_path, onnx_path, out_dir, size)
+        steps["int8"] = time.time() - t
+        artifacts += [dict(a, decode=decode, **fused_io) if "precision" in a else a for a in int8_artifacts]
     parity: Optional[Dict] = None
     if options.check:
         from ..parity.check import FP16_TOLERANCES, FP32_TOLERANCES, run_parity
@@ -286,6 +298,11 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         steps["parity"] = time.time() - t
         parity = {"passed": all(r.passed for r in reports), "reports": [r.to_dict() for r in reports],
                   "markdown": [r.to_markdown() for r in reports]}
+        if int8_report is not None:  # its gate already passed (a failing one stops the export)
+            from .int8_repair import int8_markdown
+
+            parity["int8"] = int8_report.to_dict()
+            parity["markdown"].append(int8_markdown(int8_report))
         artifacts += [{"role": "polygraphy-inputs", "file": "inputs.json"},
                       {"role": "polygraphy-reference-outputs", "file": "pytorch_outputs.json"}]
     else:
@@ -339,6 +356,8 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
     }
     if plan is not None:
         manifest["fp16"] = plan.to_dict()
+    if int8_report is not None:
+        manifest["int8"] = int8_report.to_dict()
     if detection:
         manifest["strides"] = list(model.strides)
     manifest["class_names"] = loaded.metadata.get("class_names")

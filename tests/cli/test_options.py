@@ -25,12 +25,19 @@ DET = str(demo_model_path("detector"))
     (["--dynamic-hw", "--max-size", "0", "64"], "--max-size needs two positive numbers H W"),
     (["--fp32-ops", "Softmaxx"], "--fp32-ops: Softmaxx is not an ONNX op type (did you mean Softmax"),
     (["--cache-dir", "{file}/cache"], "--cache-dir .*/cache cannot be written"),
+    (["--int8"], "--int8 needs --calib DIR (calibration images) and --int8-eval DIR"),
+    (["--int8", "--calib", "{dir}", "--int8-eval", "{file}"], "--int8-eval .*/file: not a folder"),
+    (["--int8", "--calib", "{dir}", "--int8-eval", "{dir}", "--calib-count", "0"], "--calib-count must be >= 1, got 0"),
+    (["--int8", "--calib", "{dir}", "--int8-eval", "{dir}", "--int8-max-drop", "-1"], "--int8-max-drop must be >= 0"),
+    (["--int8", "--calib", "{dir}", "--int8-eval", "{dir}", "--no-check"], "--int8 is gated on accuracy; it cannot"),
+    (["--calib", "{dir}"], "--calib and --int8-eval apply to --int8"),
 ])
 def test_bad_options_fail_up_front_naming_the_flag(tmp_path, capsys, argv, message):
     import re
 
     (tmp_path / "file").write_text("a file, not a folder")
-    argv = [a.replace("{file}", str(tmp_path / "file")) for a in argv]
+    (tmp_path / "dir").mkdir()
+    argv = [a.replace("{file}", str(tmp_path / "file")).replace("{dir}", str(tmp_path / "dir")) for a in argv]
     out = tmp_path / "out"
     start = time.perf_counter()
     assert export_main([DET, "--out", str(out), *argv]) == 2
@@ -63,4 +70,4 @@ def test_infer_thresholds_name_themselves(tmp_path, capsys, argv, message):
 def test_infer_precision_on_a_single_onnx_is_refused(tmp_path, capsys):
     assert export_main([DET, "--out", str(tmp_path / "e"), "--engine", "none", "--no-check"]) == 0
     assert infer_main([str(tmp_path / "e" / "model.onnx"), DET, "--precision", "fp16", "--out", str(tmp_path / "o")]) == 2
-    assert "--precision chooses between an export directory's FP32 and FP16 ONNX" in capsys.readouterr().err
+    assert "--precision chooses between an export directory's FP32, FP16 and INT8 ONNX" in capsys.readouterr().err
