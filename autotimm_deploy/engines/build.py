@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import platform
 import signal
 import threading
@@ -314,11 +315,15 @@ def engine_from_onnx(onnx_path: str | Path, engine_path: str | Path, lib: TrtLib
     else:
         gpu = gpu_info()
         targets = {k: gpu[k] for k in ("name", "compute_capability", "cuda_runtime")} if gpu else None
+    meta = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    # an INT8 graph's calibration (method, image count, SHA-256 of the images) is in its bytes already; named in the
+    # key too, so that a cache entry says what it was calibrated on
+    calibration = {"calibration": json.loads(meta["calibration"])} if "calibration" in meta else {}
     key_fields = {
         "onnx_sha256": onnx_sha, "library": lib.name, "library_version": lib.version, "precision": config.precision,
         "profiles": _profiles_json(config.profiles), "targets": targets, "workspace_mib": config.workspace_mib,
         "fp32_islands": config.fp32_islands, "builder": {"fp32_layers": sorted(config.fp32_layers),
-                                                         "strongly_typed": lib.strongly_typed},
+                                                         "strongly_typed": lib.strongly_typed, **calibration},
     }
     key = cache_key(key_fields)
     hit = cache.get(key) if cache is not None else None
@@ -354,7 +359,7 @@ def engine_from_onnx(onnx_path: str | Path, engine_path: str | Path, lib: TrtLib
             "profiles": key_fields["profiles"],
             "io": built.io,
             "onnx": {"file": onnx_path.name, "sha256": onnx_sha},
-            "model": {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props},
+            "model": meta,
             "workspace_mib": config.workspace_mib,
             "fp32_islands": config.fp32_islands,
             "dropped_targets": dropped,

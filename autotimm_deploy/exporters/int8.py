@@ -36,7 +36,7 @@ from .onnx_export import set_metadata
 from .options import CALIB_METHODS, Fp32Islands
 
 __all__ = ["CALIB_METHODS", "DEFAULT_CALIB_METHOD", "DEFAULT_CALIB_COUNT", "Int8Form", "INT8_FORMS", "QUANTIZED_OPS",
-           "CalibrationSet", "calibration_set", "protected_nodes", "quantizable_nodes", "quantize_int8"]
+           "CalibrationSet", "calibration_set", "calibrate", "protected_nodes", "quantizable_nodes", "quantize_int8"]
 
 #: The default method: measured in docs/int8.md on the demo models (mAP / top-1 after quantization).
 DEFAULT_CALIB_METHOD = "minmax"
@@ -174,6 +174,52 @@ class _Reader:
         self._it, self._done = None, 0
 
 
+#: ONNX Runtime calibrator settings per method.  Entropy and percentile need a fine histogram: with
+#: ``quantize_static``'s own defaults, entropy has 128 bins for 128 quantized bins, so its search has one candidate
+#: and it returns the min/max range (measured: the same graph as minmax); 2048 bins as in TensorRT's entropy
+#: calibrator.  Ranges are kept asymmetric: the TensorRT form symmetrizes them when it quantizes, the CPU form
+#: uses them as they are.
+_CALIBRATORS = {"minmax": ("MinMax", {"symmetric": False}),
+                "entropy": ("Entropy", {"symmetric": False, "num_bins": 2048, "num_quantized_bins": 128}),
+                "percentile": ("Percentile", {"symmetric": False, "num_bins": 2048, "percentile": 99.999})}
+
+
+def calibrate(fp32_path: str | Path, calib: CalibrationSet, method: str, cache_path: str | Path,
+              progress: Optional[Callable[[str], None]] = None) -> None:
+    """Run ONNX Runtime's calibrator for ``method`` on the calibration images and write the tensor ranges to
+    ``cache_path`` (ONNX Runtime's calibration cache format, which :func:`quantize_int8` reads)."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator, save_tensors_data
+
+    if method not in CALIB_METHODS:
+        raise ExportError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
+    name, extra = _CALIBRATORS[method]
+    with tempfile.TemporaryDirectory(prefix="autotimm-calib-") as tmp, _quiet():
+        calibrator = create_calibrator(Path(fp32_path), list(QUANTIZED_OPS), str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=getattr(CalibrationMethod, name), extra_options=extra)
+        calibrator.collect_data(_Reader(calib, progress))
+        ranges = calibrator.compute_data()
+        del calibrator
+    save_tensors_data(ranges, cache_path)
+
+
+class _quiet:
+    """ONNX Runtime's quantization tools log advice on the root logger (run its CPU pre-processing: see
+    docs/int8.md) and print progress of their own: both kept off the export's output."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+
+        self.level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+        self.out = contextlib.redirect_stdout(io.StringIO())
+        self.out.__enter__()
+
+    def __exit__(self, *exc):
+        self.out.__exit__(*exc)
+        logging.getLogger().setLevel(self.level)
+
+
 def quantize_int8(fp32_path: str | Path, form: Int8Form, calib: Optional[CalibrationSet],
                   method: str, cache_path: str | Path, exclude: Sequence[str] = (),
                   progress: Optional[Callable[[str], None]] = None) -> onnx.ModelProto:
@@ -185,27 +231,20 @@ def quantize_int8(fp32_path: str | Path, form: Int8Form, calib: Optional[Calibra
 
     if method not in CALIB_METHODS:
         raise ExportError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {method!r}")
-    cm = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-          "percentile": CalibrationMethod.Percentile}[method]
     model = onnx.load(str(fp32_path))
     nodes = quantizable_nodes(model, exclude)
     if not nodes:
         raise ExportError(f"{Path(fp32_path).name} has no convolution or matrix product left to quantize")
-    opts = form.ort_options()
-    cached = Path(cache_path).is_file()
-    if not cached and calib is None:
-        raise ExportError("INT8 quantization needs calibration images or a calibration cache")
-    reader = None if cached else _Reader(calib, progress)
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # ONNX Runtime's advice to run its CPU pre-processing: see docs/int8.md
-    try:
-        with tempfile.TemporaryDirectory(prefix="autotimm-int8-") as tmp:
-            quantize_static(str(fp32_path), str(Path(tmp) / "q.onnx"), reader, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=nodes, per_channel=True,
-                            calibrate_method=cm, calibration_cache_path=str(cache_path), **opts)
-            q = onnx.load(str(Path(tmp) / "q.onnx"))
-    finally:
-        logging.getLogger().setLevel(quiet)
+    if not Path(cache_path).is_file():
+        if calib is None:
+            raise ExportError("INT8 quantization needs calibration images or a calibration cache")
+        calibrate(fp32_path, calib, method, cache_path, progress)
+    with tempfile.TemporaryDirectory(prefix="autotimm-int8-") as tmp, _quiet():
+        quantize_static(str(fp32_path), str(Path(tmp) / "q.onnx"), None, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(QUANTIZED_OPS), nodes_to_quantize=nodes, per_channel=True,
+                        calibrate_method=getattr(CalibrationMethod, _CALIBRATORS[method][0]),
+                        calibration_cache_path=str(cache_path), **form.ort_options())
+        q = onnx.load(str(Path(tmp) / "q.onnx"))
     del q.metadata_props[:]
     q.metadata_props.extend(model.metadata_props)
     set_metadata(q, {"precision": "int8", "int8_form": form.name, "int8_runtime": form.runtime})

@@ -105,7 +105,8 @@ def int8_step(step: Callable[[str], None], say: Callable[[str], None], options: 
     report.passed = report.steps[-1].passed
     if not report.passed:
         last = report.steps[-1]
-        why = "; ".join(f"{form}: {g['levels']}, drop {g['drop_points']} points" for form, g in last.gate.items())
+        why = "; ".join(f"{form}: " + ", ".join(f"{lv} {st}" for lv, st in g["levels"].items() if lv != "tensor")
+                        + f", drop {g['drop_points']} points" for form, g in last.gate.items())
         raise ExportError(f"INT8 fails the accuracy gate (max drop {options.int8_max_drop:g} points) after "
                           f"{len(report.steps) - 1} repair steps keeping {len(kept)} layers in FP32 ({why}); raise "
                           "--int8-repair-steps or --int8-max-drop, calibrate on more representative --calib images, "

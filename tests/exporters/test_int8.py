@@ -104,6 +104,8 @@ def test_int8_gate_on_the_held_out_split_and_runtimes(det_export, det_splits):
     # the INT8 engine, built ahead of time by TensorRT-RTX from the Q/DQ graph
     side = json.loads((out / "model.int8.engine.json").read_text())
     assert side["precision"] == "int8" and roles["engine"]["source_onnx"] == "model.int8.onnx"
+    assert json.loads(side["model"]["calibration"]) == {"images": 48, "method": "minmax",
+                                                        "sha256": q["calibration"]["sha256"]}
     assert "INT8 accuracy gate" in (out / "parity.md").read_text()
     # the runtime: precision="int8" picks the CPU form here, and detects what FP32 detects
     img = str(sorted(det_splits[1].glob("*.png"))[0])
@@ -149,17 +151,28 @@ def test_repair_gives_up_with_a_clear_error(det_splits, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_classifier_int8_with_the_same_folder_says_so(tmp_path):
-    data = write_classification_split(tmp_path / "data", "test", 48)
-    lines = []
-    opts = ExportOptions(int8=True, calib=str(data), int8_eval=str(data), engine="none")
-    q = export_model(demo_model_path("classifier"), tmp_path / "out", opts, progress=lines.append)["int8"]
-    assert q["evaluation"]["same_as_calibration"] and any("the evaluation folder is the calibration folder" in l
-                                                          for l in lines)
-    g = q["forms"]["cpu"]["gate"]
-    assert g["levels"]["task"] == "pass" and 0.5 < g["reference_metrics"]["top1"] <= 1.0
+def test_classifier_int8_on_a_held_out_split(tmp_path):
+    calib = write_classification_split(tmp_path / "calib", "train", 64)
+    evald = write_classification_split(tmp_path / "eval", "test", 64)
+    opts = ExportOptions(int8=True, calib=str(calib), int8_eval=str(evald), engine="none")
+    q = export_model(demo_model_path("classifier"), tmp_path / "out", opts, progress=None)["int8"]
+    assert not q["evaluation"]["same_as_calibration"]
+    for form in ("tensorrt", "cpu"):
+        g = q["forms"][form]["gate"]
+        assert g["levels"]["task"] == "pass" and 0.5 < g["reference_metrics"]["top1"] <= 1.0
+        assert g["drop_points"] <= 1.0
     sess = ort.InferenceSession(str(tmp_path / "out" / "model.int8-cpu.onnx"), providers=["CPUExecutionProvider"])
     assert sess.run(None, {"images": np.zeros((2, 3, 64, 64), np.float32)})[0].shape[0] == 2
+
+
+def test_same_calibration_and_evaluation_folder_is_said(tmp_path):
+    data = write_classification_split(tmp_path / "data", "test", 16)
+    lines = []
+    opts = ExportOptions(int8=True, calib=str(data), int8_eval=str(data), engine="none", calib_count=16)
+    q = export_model(demo_model_path("classifier"), tmp_path / "out", opts, progress=lines.append)["int8"]
+    assert q["evaluation"]["same_as_calibration"]
+    assert any("the evaluation folder is the calibration folder" in line for line in lines)
+    assert "the same folder: optimistic" in (tmp_path / "out" / "parity.md").read_text()
 
 
 def test_repair_groups_take_partners_together():
