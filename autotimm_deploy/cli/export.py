@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "'+GLOB,...' adds to the default")
     g.add_argument("--no-overflow-guard", action="store_true",
                    help="do not probe for FP16 overflow (layers that would overflow are otherwise kept in FP32)")
+    g.add_argument("--fp16-repair-steps", type=int, default=6, metavar="N",
+                   help="when FP16 parity fails, keep the nodes that add the most FP16 error in FP32, up to N groups "
+                        "(default 6; 0: report the failure as is)")
     q = p.add_argument_group("INT8", "calibrated INT8 ONNX with explicit Q/DQ (ONNX Runtime's quantization), gated on "
                                      "accuracy and repaired automatically; the engine is then built from it")
     q.add_argument("--int8", action="store_true",
@@ -114,7 +117,8 @@ def _body(args: argparse.Namespace) -> int:
                          fp16=args.fp16, fp16_input=args.fp16_input,
                          fp32_ops=_with_default(args.fp32_ops, DEFAULT_ISLANDS.op_types),
                          fp32_nodes=_with_default(args.fp32_nodes, DEFAULT_ISLANDS.node_names),
-                         overflow_guard=not args.no_overflow_guard, int8=args.int8, calib=args.calib,
+                         overflow_guard=not args.no_overflow_guard, fp16_repair_steps=args.fp16_repair_steps,
+                         int8=args.int8, calib=args.calib,
                          calib_count=args.calib_count, calib_method=args.calib_method, int8_eval=args.int8_eval,
                          int8_max_drop=args.int8_max_drop, int8_repair_steps=args.int8_repair_steps, engine=args.engine,
                          target_cc=tuple(t.upper() for t in args.target_cc),

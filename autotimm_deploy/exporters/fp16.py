@@ -80,11 +80,12 @@ class Fp16Plan:
     islands: Dict[str, List[str]] = field(default_factory=dict)
     fp16_input: bool = False
     fp32_outputs: bool = True
+    repair: List[Dict] = field(default_factory=list)  # the FP16 repair's steps (exporters.fp16_repair), if it ran
 
     def to_dict(self) -> Dict:
         return {"fp16_nodes": self.fp16_nodes, "fp32_nodes": self.fp32_nodes, "casts": self.casts,
                 "overflow_kept_fp32": [vars(o) for o in self.overflow], "islands": self.islands,
-                "fp16_input": self.fp16_input, "fp32_outputs": self.fp32_outputs}
+                "fp16_input": self.fp16_input, "fp32_outputs": self.fp32_outputs, "repair": self.repair}
 
 
 def _is_float(t: gs.Tensor) -> bool:

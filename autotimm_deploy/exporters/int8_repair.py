@@ -14,15 +14,16 @@ calibration, so a step costs a re-quantization of a few seconds and one gate run
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 
-__all__ = ["GateResult", "RepairStep", "gate", "layer_sensitivity", "DEFAULT_REPAIR_STEPS"]
+from .repair import channel_error, repair_groups, run_tensors
+
+__all__ = ["GateResult", "RepairStep", "gate", "layer_sensitivity", "repair_groups", "DEFAULT_REPAIR_STEPS"]
 
 #: Ops through which a quantization point's owners are looked for: ONNX Runtime quantizes them with their input's
 #: scale (or they only move values).
@@ -82,48 +83,13 @@ def gate(model_path, loaded, artifact: Path, eval_dir, max_drop: float, referenc
                       reference_metrics=dict(a.reference_metrics))
 
 
-def _run_tensors(model: onnx.ModelProto, feed: Dict[str, np.ndarray], names: Sequence[str]) -> Dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in have:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as written
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return dict(zip(names, sess.run(list(names), feed)))
-
-
-def _channel_error(x: np.ndarray, x_hat: np.ndarray) -> float:
-    """Mean over channels (axis 1) of ||x_hat_c - x_c|| / ||x_c||, channels that are all zero left out.  Per
-    channel, because one outlier channel that stretches a per-tensor scale leaves the tensor's overall relative
-    error small (the outlier dominates the norm) while every other channel loses most of its bits.
-
-    >>> x = np.ones((1, 2, 2, 2)); x[:, 0] *= 100.0
-    >>> round(_channel_error(x, x + 0.5), 3)  # the small channel's error counts as much as the big one's
-    0.253
-    """
-    a, b = x.astype(np.float64), x_hat.astype(np.float64)
-    if a.ndim < 2:
-        return float(np.linalg.norm(b - a) / max(np.linalg.norm(a), 1e-12))
-    axes = tuple(k for k in range(a.ndim) if k != 1)
-    norm = np.sqrt((a * a).sum(axis=axes))
-    diff = np.sqrt(((b - a) ** 2).sum(axis=axes))
-    live = norm > 1e-12
-    return float((diff[live] / norm[live]).mean()) if live.any() else 0.0
-
-
 def layer_sensitivity(fp32: onnx.ModelProto, int8: onnx.ModelProto, nodes: Sequence[str],
                       feed: Dict[str, np.ndarray]) -> Tuple[Dict[str, float], Dict[str, List[str]]]:
     """Per quantized node: the largest relative error that one of its quantization points makes, on ``feed``, and
     the other nodes owning that point (all of them must stay FP32 for the point to go).
 
     A quantization point is a QuantizeLinear/DequantizeLinear pair of the INT8 graph: its error is
-    ||DQ(Q(x)) - x|| / ||x|| per channel (:func:`_channel_error`) for the activation x it reads (in the INT8 graph
+    ||DQ(Q(x)) - x|| / ||x|| per channel (:func:`~.repair.channel_error`) for the activation x it reads (in the INT8 graph
     itself), or, for a weight, the
     dequantized INT8 weight against the FP32 one.  A node owns the points on its inputs (their DQ feeds it,
     directly or through ops that keep the scale, such as a ReLU, and through further Q/DQ pairs: ONNX Runtime
@@ -171,11 +137,11 @@ def layer_sensitivity(fp32: onnx.ModelProto, int8: onnx.ModelProto, nodes: Seque
             if owners:
                 points.append((q.input[0], dq.output[0], owners))
     names = sorted({t for x, xh, _ in points for t in (x, xh)} - set(feed))
-    vals = {**feed, **_run_tensors(int8, feed, names)}
+    vals = {**feed, **run_tensors(int8, feed, names)}
     sens = {n: 0.0 for n in nodes}
     partners: Dict[str, List[str]] = {n: [] for n in nodes}
     for x, xh, owners in points:
-        err = _channel_error(vals[x], vals[xh])
+        err = channel_error(vals[x], vals[xh])
         for o in owners:
             if err > sens[o]:
                 sens[o], partners[o] = err, sorted(owners - {o})
@@ -198,42 +164,6 @@ def layer_sensitivity(fp32: onnx.ModelProto, int8: onnx.ModelProto, nodes: Seque
         if err > sens[n.name]:
             sens[n.name], partners[n.name] = err, []
     return sens, partners
-
-
-def repair_groups(sensitivity: Dict[str, float], steps: int,
-                  partners: Optional[Dict[str, List[str]]] = None) -> List[List[str]]:
-    """The layers in order of sensitivity, cut into ``steps`` groups growing geometrically (1, 1, 2, 4, ...
-    layers, up to a quarter of them in the last group): the few worst layers first, cheaply.  A layer's
-    ``partners`` (the other owners of its worst quantization point) join its group.
-
-    >>> repair_groups({"a": 0.5, "b": 0.1, "c": 0.3, "d": 0.0, "e": 0.2}, 3)
-    [['a'], ['c'], ['e', 'b']]
-    >>> repair_groups({"a": 0.5, "b": 0.1, "c": 0.3}, 2, {"a": ["b"]})
-    [['a', 'b'], ['c']]
-    """
-    partners = partners or {}
-    order = sorted(sensitivity, key=lambda n: -sensitivity[n])
-    groups: List[List[str]] = []
-    taken: set = set()
-    size, k = 1, 0
-    while len(groups) < steps:
-        group: List[str] = []
-        for n in order:
-            if len(group) >= size:
-                break
-            if n in taken:
-                continue
-            for m in [n] + [p for p in partners.get(n, []) if p in sensitivity]:
-                if m not in taken:
-                    group.append(m)
-                    taken.add(m)
-        if not group:
-            break
-        groups.append(group)
-        if k >= 1:
-            size = min(size * 2, max(1, math.ceil(len(order) / 4)))
-        k += 1
-    return groups
 
 
 def step_record(step: int, group: Sequence[str], sensitivity: Dict[str, float], gates: Dict[str, GateResult],

@@ -88,6 +88,7 @@ class ExportOptions:
     fp32_ops: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.op_types
     fp32_nodes: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.node_names
     overflow_guard: bool = True
+    fp16_repair_steps: int = 6  # groups of nodes the FP16 repair may keep in FP32 when FP16 parity fails; 0: none
     # INT8 ONNX (exporters.int8*): calibration folder, evaluation folder for the accuracy gate, repair budget
     int8: bool = False
     calib: Optional[str] = None
@@ -131,6 +132,8 @@ class ExportOptions:
             raise ExportError("--min-size/--max-size set the engine's H/W range and need --dynamic-hw")
         if self.fp16_input and not self.fp16:
             raise ExportError("--fp16-input needs --fp16")
+        if self.fp16_repair_steps < 0:
+            raise ExportError(f"--fp16-repair-steps must be >= 0, got {self.fp16_repair_steps}")
         if self.workspace_mib is not None and self.workspace_mib < 1:
             raise ExportError(f"--workspace must be >= 1 MiB, got {self.workspace_mib}")
         if self.fp32_ops:

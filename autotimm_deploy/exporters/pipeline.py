@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -25,7 +25,6 @@ from .. import _json as strict_json
 from .. import __version__
 from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove_file, sha256_file
 from .._memory import release_free_memory
-from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
 from ..models.io import LoadedModel, load_model_file
 from .onnx_export import ExportConfig, check_input_size, export_onnx_with_forward, get_metadata, max_stride
@@ -41,12 +40,12 @@ Progress = Optional[Callable[[str], None]]
 
 #: ExportOptions left out of all recorded provenance: a local folder, which would make the records
 #: depend on where the cache lives (it changes no artifact).
-_NOT_PROVENANCE = ("cache_dir",)
+_NOT_PROVENANCE = ("cache_dir", "calib", "int8_eval")  # INT8: the images are identified by their SHA-256 instead
 #: ExportOptions that change no ONNX file (verification, engine build and cache settings): left out of
 #: the ONNX metadata, so that re-exporting with, say, ``--no-check`` or another ``--engine`` gives the same
 #: ONNX bytes and so the same engine cache key.  Sidecars and the manifest record them.
 NOT_IN_ONNX = ("check", "random_inputs", "demo_images", "min_size", "max_size", "engine", "target_cc",
-               "workspace_mib", "cache")
+               "workspace_mib", "cache", "int8", "calib_count", "calib_method", "int8_max_drop", "int8_repair_steps")
 
 
 def provenance(options: ExportOptions, onnx_only: bool = False) -> Dict:
@@ -56,7 +55,7 @@ def provenance(options: ExportOptions, onnx_only: bool = False) -> Dict:
     clocks or host names: the same model file and flags give byte-identical ONNX files.
 
     >>> sorted(set(provenance(ExportOptions())["options"]) - set(provenance(ExportOptions(), onnx_only=True)["options"]))
-    ['cache', 'check', 'demo_images', 'engine', 'max_size', 'min_size', 'random_inputs', 'target_cc', 'workspace_mib']
+    ['cache', 'calib_count', 'calib_method', 'check', 'demo_images', 'engine', 'int8', 'int8_max_drop', 'int8_repair_steps', 'max_size', 'min_size', 'random_inputs', 'target_cc', 'workspace_mib']
     """
     from .._compat import toolchain_versions
 
@@ -290,6 +289,9 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         for k, (path, tol) in enumerate(targets):
             rep = run_parity(model, path, feeds, decode, options.topk, tolerances=tol, save_dir=out_dir if k == 0 else None,
                              reference_cache=reference_cache, progress=say)
+            if path == fp16_path and not rep.passed and options.fp16_repair_steps:
+                rep, plan = _repair_fp16(rep, model, onnx_path, fp16_path, plan, feeds, decode, options, reference_cache,
+                                         say, artifacts)
             reports.append(rep)
             say(f"      {path.name}: {'PASS' if rep.passed else 'FAIL'} ({rep.summary()})")
             for a in artifacts:
@@ -381,3 +383,22 @@ def _fp16_step(step, fused: onnx.ModelProto, loaded: LoadedModel, size: Tuple[in
     path = out_dir / "model.fp16.onnx"
     atomic_write_bytes(path, m16.SerializeToString())
     return path, plan, _io_info(m16)
+
+
+def _repair_fp16(rep, model, onnx_path: Path, fp16_path: Path, plan, feeds, decode: str, options: ExportOptions,
+                 reference_cache: Dict, say, artifacts: List[Dict]):
+    """FP16 parity failed: the repair of :mod:`.fp16_repair`, then the FP16 artifact's entry brought up to date."""
+    from ..parity.check import FP16_TOLERANCES, run_parity
+    from .fp16_repair import kept_nodes, repair_fp16
+
+    say(f"      {fp16_path.name}: FAIL ({rep.summary()}): repairing")
+    check = lambda: run_parity(model, fp16_path, feeds, decode, options.topk, tolerances=FP16_TOLERANCES,  # noqa: E731
+                               reference_cache=reference_cache)
+    last, plan, history = repair_fp16(onnx_path, fp16_path, plan, options.islands(), options.fp16_input, check,
+                                      feeds[0][1], options.fp16_repair_steps, say)
+    plan.repair = [{"step": 0, "kept_fp32": [], "passed": False, "summary": rep.summary()}] + [vars(h) for h in history]
+    entry = next(a for a in artifacts if a["file"] == fp16_path.name)
+    entry.update(sha256=sha256_file(fp16_path))
+    entry["fp16_plan"].update(fp16_nodes=plan.fp16_nodes, fp32_nodes=len(plan.fp32_nodes), casts=plan.casts,
+                              repair_kept_fp32=[k["block"] for k in kept_nodes(history)])
+    return (last if last is not None else rep), plan

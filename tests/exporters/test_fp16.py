@@ -176,3 +176,31 @@ def test_demo_detector_fp16_finite_on_extreme_inputs(demo_fused):
 def test_default_islands_documented_ops():
     assert {"InstanceNormalization", "LayerNormalization", "Exp", "Range"} <= set(DEFAULT_ISLANDS.op_types)
     assert "decode*" in DEFAULT_ISLANDS.node_names
+
+
+def test_fp16_repair_keeps_the_amplifying_block_in_fp32(tmp_path):
+    """mobilenetv2_035 with randomised BatchNorm statistics: its FP16 scores miss the 1e-2 tolerance (issue 14's
+    list). The repair measures which block's FP32 precision lowers the output error most and keeps it."""
+    from autotimm_deploy import ObjectDetector, save_model
+    from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
+    from autotimm_deploy.parity.random_init import randomize_norms, spread_head
+
+    torch.manual_seed(0)
+    model = spread_head(randomize_norms(ObjectDetector("mobilenetv2_035", num_classes=4, fpn_channels=64, num_convs=1)))
+    path = save_model(model, tmp_path / "m.pt", input_size=(224, 224))
+    lines = []
+    man = export_model(path, tmp_path / "out", ExportOptions(fp16=True, engine="none", batch=(1, 1, 2)),
+                       progress=lines.append)
+    repair = man["fp16"]["repair"]
+    assert not repair[0]["passed"] and "scores err" in repair[0]["summary"]  # FP16 failed as exported
+    assert repair[-1]["passed"] and 2 <= len(repair) <= 3 and man["parity"]["passed"]
+    kept = [k for step in repair for k in step["kept_fp32"]]
+    assert all(k["error_reduction"] > 0.1 and k["block"].startswith("/model/backbone/") for k in kept)
+    entry = next(a for a in man["artifacts"] if a["role"] == "onnx-fp16")
+    assert entry["parity"] == "pass" and entry["fp16_plan"]["repair_kept_fp32"] == [k["block"] for k in kept]
+    assert any("FP16 repair step 1/" in line for line in lines)
+    # the kept blocks are really FP32 in the written graph
+    m16 = onnx.load(tmp_path / "out" / "model.fp16.onnx")
+    types = _types(m16)
+    block_nodes = [n for n in m16.graph.node if n.name.startswith(kept[0]["block"] + "/") and n.op_type == "Conv"]
+    assert block_nodes and all(types[n.output[0]] == F32 for n in block_nodes)
