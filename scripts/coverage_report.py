@@ -179,6 +179,8 @@ def _notes(r: Dict) -> str:
         notes.append(_absmax_note(r))
     if r.get("overflow_kept_fp32"):
         notes.append(f"FP16 overflow guard kept {len(r['overflow_kept_fp32'])} node(s) in FP32")
+    if r.get("fp16_repair"):
+        notes.append(f"FP16 repair kept {', '.join(r['fp16_repair'])} in FP32")
     w = r.get("fp16_workaround")
     if w:
         notes.append(f"with `{w['flag']}`: {w['error']}" if w.get("error") else
