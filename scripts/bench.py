@@ -6,7 +6,8 @@ step for resnet50 FCOS at 640x640 up to the FP16 engine.  Writes docs/benchmarks
 
     python scripts/bench.py [--models detector,classifier,r50] [--seconds 3] [--out docs/benchmarks.md]
 
-Backends: PyTorch eager (FP32, CPU), ONNX Runtime on the FP32 ONNX and on the FP16 ONNX (fused decode).
+Backends: PyTorch eager (FP32, CPU), ONNX Runtime on the FP32 ONNX, the FP16 ONNX (fused decode) and, for the demo
+models, the INT8 ONNX (its CPU form, U8S8; resnet50-FCOS INT8 speed is in docs/int8.md, `scripts/bench_int8.py`).
 With a GPU, ONNX Runtime uses its CUDA provider and the engine is added where it runs; PyTorch
 FP16 / torch.compile rows are not implemented yet (no GPU was available to validate them).
 """
@@ -30,7 +31,8 @@ import torch
 import autotimm_deploy
 from autotimm_deploy import ObjectDetector, save_model
 from autotimm_deploy.demo import demo_model_path
-from autotimm_deploy.demo.shapes import SPLIT_SEEDS, render_classification_sample, render_detection_sample
+from autotimm_deploy.demo.shapes import (SPLIT_SEEDS, render_classification_sample, render_detection_sample,
+                                         write_classification_split, write_detection_split)
 from autotimm_deploy.engines import load
 from autotimm_deploy.engines.library import gpu_info
 from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
@@ -103,6 +105,8 @@ def bench_model(label: str, kind: str, model_path: Path, size: int, batches: Lis
     manifest = export_model(model_path, out, options, progress=None)
     specs = {"pytorch eager FP32": (model_path, "pytorch", "-"), "onnxruntime FP32": (out, "onnxruntime", "fp32"),
              "onnxruntime FP16": (out, "onnxruntime", "fp16")}
+    if options.int8:  # the CPU form on CPU (U8S8), the TensorRT form with CUDA
+        specs["onnxruntime INT8"] = (out, "onnxruntime", "int8")
     if gpu_info() is not None:
         specs["engine"] = (out, "tensorrt", "-")
     predictors = {}
@@ -145,12 +149,17 @@ def main() -> None:
     wanted = args.models.split(",")
     rows: List[Dict] = []
     pipeline = None
+    data = Path(tempfile.mkdtemp())  # INT8: calibrated on the synthetic train split, gated on the test split
     if "detector" in wanted:
+        int8 = dict(int8=True, calib=str(write_detection_split(data / "dc", "train", 256)),
+                    int8_eval=str(write_detection_split(data / "de", "test", 200)))
         rows += bench_model("demo detector (128x128)", "detector", demo_model_path("detector"), 128, [1, 8, 32],
-                            args.seconds, ExportOptions(fp16=True, batch=(1, 1, 32)))[0]
+                            args.seconds, ExportOptions(fp16=True, batch=(1, 1, 32), **int8))[0]
     if "classifier" in wanted:
+        int8 = dict(int8=True, calib=str(write_classification_split(data / "cc", "train", 256)),
+                    int8_eval=str(write_classification_split(data / "ce", "test", 200)))
         rows += bench_model("demo classifier (64x64)", "classifier", demo_model_path("classifier"), 64, [1, 8, 32],
-                            args.seconds, ExportOptions(fp16=True, batch=(1, 1, 32)))[0]
+                            args.seconds, ExportOptions(fp16=True, batch=(1, 1, 32), **int8))[0]
     if "r50" in wanted:
         tmp = Path(tempfile.mkdtemp())
         torch.manual_seed(0)
@@ -193,6 +202,8 @@ def main() -> None:
         ratio = t["pytorch eager FP32"] / t["onnxruntime FP32"]
         lines += ["", f"Goal (issue 5): ONNX Runtime end-to-end >= 1.5x faster than PyTorch eager end-to-end for the "
                       f"detector at batch 1: **{ratio:.2f}x** ({'met' if ratio >= 1.5 else 'not met'})."]
+    lines += ["", "INT8 rows: the CPU form of `--int8` (calibrated on 256 synthetic train images, gated on 200 test "
+              "images); accuracy, repair and resnet50-FCOS INT8 speed: [int8.md](int8.md)."]
     lines += ["", "## Export pipeline wall time: resnet50 FCOS at 640x640 up to the FP16 engine", "",
               "The figure a user reproduces, measured side by side against the previous main with a host-speed probe "
               "beside", "it, is in [export-speed.md](export-speed.md) (`scripts/bench_export_speed.py`)."]

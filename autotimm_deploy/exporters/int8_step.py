@@ -107,10 +107,13 @@ def int8_step(step: Callable[[str], None], say: Callable[[str], None], options: 
         last = report.steps[-1]
         why = "; ".join(f"{form}: " + ", ".join(f"{lv} {st}" for lv, st in g["levels"].items() if lv != "tensor")
                         + f", drop {g['drop_points']} points" for form, g in last.gate.items())
-        raise ExportError(f"INT8 fails the accuracy gate (max drop {options.int8_max_drop:g} points) after "
+        err = ExportError(f"INT8 fails the accuracy gate (max drop {options.int8_max_drop:g} points) after "
                           f"{len(report.steps) - 1} repair steps keeping {len(kept)} layers in FP32 ({why}); raise "
                           "--int8-repair-steps or --int8-max-drop, calibrate on more representative --calib images, "
                           "or export without --int8")
+        err.int8_report = report.to_dict()  # every step's gate, for callers of the Python API
+        err.exit_code = 1  # a parity verdict, not a usage error
+        raise err
     for form in INT8_FORMS:
         report.forms[form.name] = {"file": form.file, "runtime": form.runtime,
                                    "gate": report.steps[-1].gate[form.name]}

@@ -146,8 +146,9 @@ def test_repair_gives_up_with_a_clear_error(det_splits, tmp_path):
     calib, evald = det_splits
     opts = ExportOptions(int8=True, calib=str(calib), int8_eval=str(evald), engine="none", int8_max_drop=0.0,
                          int8_repair_steps=0, calib_count=8)
-    with pytest.raises(ExportError, match=r"INT8 fails the accuracy gate \(max drop 0 points\) after 0 repair steps"):
+    with pytest.raises(ExportError, match=r"INT8 fails the accuracy gate \(max drop 0 points\) after 0 repair steps") as e:
         export_model(demo_model_path("detector"), tmp_path / "out", opts, progress=None)
+    assert e.value.exit_code == 1 and not e.value.int8_report["passed"]  # a parity verdict: exit 1, with its steps
     assert not (tmp_path / "out").exists()
 
 
