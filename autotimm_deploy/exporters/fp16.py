@@ -41,6 +41,7 @@ from ..errors import ExportError
 from .onnx_export import reinfer_shapes, set_metadata
 from .options import DEFAULT_ISLANDS, Fp32Islands
 from .ranges import measure_ranges
+from .repair import run_tensors
 
 __all__ = ["Fp32Islands", "DEFAULT_ISLANDS", "Fp16Plan", "Overflow", "convert_to_fp16", "find_overflows",
            "convert_to_fp16_guarded", "FP16_MAX", "probe_inputs"]
@@ -212,24 +213,6 @@ def probe_inputs(shape: Sequence[int], mean: Sequence[float], std: Sequence[floa
     ]
 
 
-def _run_all_tensors(model: onnx.ModelProto, feed: Dict[str, np.ndarray], names: Sequence[str]) -> Dict[str, np.ndarray]:
-    import onnxruntime as ort
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    vi = {v.name: v for v in m.graph.value_info}
-    for n in names:
-        if n not in have and n in vi:
-            m.graph.output.append(vi[n])
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor as written
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    outs = [o.name for o in sess.get_outputs()]
-    return dict(zip(outs, sess.run(outs, feed)))
-
-
 def find_overflows(model: onnx.ModelProto, probes: Sequence[Tuple[str, Dict[str, np.ndarray]]],
                    margin: float = 2.0, progress: Optional[Callable[[str], None]] = None) -> List[Overflow]:
     """Nodes of the float32 ``model`` with an input or output whose |value| exceeds ``FP16_MAX / margin``
@@ -303,7 +286,7 @@ def _first_nonfinite(m16: onnx.ModelProto, m32: onnx.ModelProto, probes, fp16_in
         feed = {k: (v.astype(np.float16) if fp16_input else v) for k, v in feed.items()}
         if all(np.isfinite(v).all() for v in sess.run(None, feed) if v.dtype.kind == "f"):
             continue
-        values = {**feed, **_run_all_tensors(m16, feed, names)}  # only now: expose every tensor
+        values = {**feed, **run_tensors(m16, feed, names, default_type=None)}  # only now: expose every tensor
         bad = lambda t: t in values and values[t].dtype.kind == "f" and not np.isfinite(values[t]).all()
         for n in m16.graph.node:
             if n.name in original:

@@ -12,22 +12,26 @@ import onnx
 __all__ = ["run_tensors", "channel_error", "repair_groups"]
 
 
-def run_tensors(model: onnx.ModelProto, feed: Dict[str, np.ndarray], names: Sequence[str]) -> Dict[str, np.ndarray]:
-    """The named tensors of ``model`` on ``feed`` (ONNX Runtime CPU, graph as written), with their own types."""
+def run_tensors(model: onnx.ModelProto, feed: Dict[str, np.ndarray], names: Sequence[str],
+                default_type: Optional[int] = onnx.TensorProto.FLOAT) -> Dict[str, np.ndarray]:
+    """The named tensors of ``model`` on ``feed`` (ONNX Runtime CPU, graph as written), typed from the graph's
+    value_info; a name without one is read as ``default_type`` (a Q/DQ graph written without value_info), or left
+    out when that is None."""
     import onnxruntime as ort
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
     types = {v.name: v.type.tensor_type.elem_type for v in m.graph.value_info}
-    for n in names:
+    fetch = [n for n in names if n in have or n in types or default_type is not None]
+    for n in fetch:
         if n not in have:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(n, types.get(n, onnx.TensorProto.FLOAT), None))
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, types.get(n, default_type), None))
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # every tensor as written
     sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return dict(zip(names, sess.run(list(names), feed)))
+    return dict(zip(fetch, sess.run(fetch, feed)))
 
 
 def channel_error(x: np.ndarray, x_hat: np.ndarray) -> float:
