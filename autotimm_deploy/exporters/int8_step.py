@@ -56,7 +56,7 @@ def int8_step(step: Callable[[str], None], say: Callable[[str], None], options: 
                             progress=None)
     say(f"      {calib.images} calibration images read (SHA-256 {calib.sha256[:12]})")
     fp32 = onnx.load(str(onnx_path))
-    raw = family.output_names(len(loaded.model.strides)) if family.task == "detection" else ["logits"]
+    raw = family.output_names(len(getattr(loaded.model, "strides", ())))  # the family's raw outputs (classifiers: logits)
     protected = protected_nodes(fp32, raw, options.islands())
     quantized = quantizable_nodes(fp32, protected)
     cache = out_dir / CALIBRATION_FILE
