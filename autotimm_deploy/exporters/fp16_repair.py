@@ -30,7 +30,7 @@ from .repair import repair_groups
 _NOT_FLOAT = {"Shape", "Constant", "ConstantOfShape", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
               "Gather", "Concat", "Slice", "Flatten", "Identity"}
 
-__all__ = ["blocks", "fp16_sensitivity", "repair_fp16", "Fp16RepairStep"]
+__all__ = ["blocks", "fp16_sensitivity", "repair_fp16", "repair_markdown", "Fp16RepairStep"]
 
 
 @dataclass
@@ -129,3 +129,12 @@ def repair_fp16(m32_path: Path, fp16_path: Path, plan: Fp16Plan, islands: Fp32Is
 def kept_nodes(history: Sequence[Fp16RepairStep]) -> List[Dict]:
     return [dict(k, step=s.step) for s in history for k in s.kept_fp32]
 
+
+def repair_markdown(steps: Sequence[Dict]) -> str:
+    """The FP16 repair's section of parity.md: each step's blocks kept in FP32, their measured error reduction (in
+    units of the FP16 atol) and the parity verdict after it (step 0: as converted)."""
+    lines = ["# FP16 repair", "", "| step | blocks kept in FP32 (error reduction x atol) | parity |", "|---|---|---|"]
+    for s in steps:
+        kept = ", ".join(f"`{k['block']}` ({k['error_reduction']:.3g})" for k in s["kept_fp32"]) or "-"
+        lines.append(f"| {s['step']} | {kept} | {'pass' if s['passed'] else 'FAIL'}: {s['summary']} |")
+    return "\n".join(lines) + "\n"

@@ -300,6 +300,11 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
         steps["parity"] = time.time() - t
         parity = {"passed": all(r.passed for r in reports), "reports": [r.to_dict() for r in reports],
                   "markdown": [r.to_markdown() for r in reports]}
+        if plan is not None and plan.repair:  # which blocks the FP16 repair kept in FP32, and their measured effect
+            from .fp16_repair import repair_markdown
+
+            parity["fp16_repair"] = plan.repair
+            parity["markdown"].append(repair_markdown(plan.repair))
         if int8_report is not None:  # its gate already passed (a failing one stops the export)
             from .int8_repair import int8_markdown
 

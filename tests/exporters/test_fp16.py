@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -199,6 +201,8 @@ def test_fp16_repair_keeps_the_amplifying_block_in_fp32(tmp_path):
     entry = next(a for a in man["artifacts"] if a["role"] == "onnx-fp16")
     assert entry["parity"] == "pass" and entry["fp16_plan"]["repair_kept_fp32"] == [k["block"] for k in kept]
     assert any("FP16 repair step 1/" in line for line in lines)
+    parity = json.loads((tmp_path / "out" / "parity.json").read_text())
+    assert parity["fp16_repair"] == repair and "# FP16 repair" in (tmp_path / "out" / "parity.md").read_text()
     # the kept blocks are really FP32 in the written graph
     m16 = onnx.load(tmp_path / "out" / "model.fp16.onnx")
     types = _types(m16)
