@@ -7,13 +7,15 @@ import gc
 __all__ = ["release_free_memory"]
 
 
-def release_free_memory() -> None:
-    """Collect garbage and hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+def release_free_memory(collect: bool = True) -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere), after a garbage collection
+    unless ``collect`` is False (a full collection with torch loaded takes a few tenths of a second: not per probe).
 
     The TorchScript exporter and ONNX Runtime's worker threads free large buffers into heaps that glibc keeps
     (measured: about 0.6 GB after the export of resnet50-FCOS at 640 px), which otherwise stay in the RSS.
     """
-    gc.collect()
+    if collect:
+        gc.collect()
     try:
         import ctypes
 

@@ -252,7 +252,7 @@ def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int
     else:
         fused = fold_graph(raw)
     del raw  # written; 100+ MB for a large model, not needed again
-    release_free_memory()
+    release_free_memory(collect=False)  # a protobuf has no reference cycles: no collection needed
     steps["surgery"] = time.time() - t
     onnx_path = out_dir / "model.onnx"
     atomic_write_bytes(onnx_path, fused.SerializeToString())

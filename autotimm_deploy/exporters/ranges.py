@@ -134,7 +134,7 @@ def measure_ranges(model: onnx.ModelProto, feeds: Sequence[Dict[str, np.ndarray]
     for k, feed in enumerate(feeds):
         announce(k)
         v = dict(zip(outs, sess.run(outs, feed)))
-        release_free_memory()
+        release_free_memory(collect=False)  # ONNX Runtime's freed activations: no Python garbage here
         ranges: Dict[str, Range] = {n: (float(x.min()), float(x.max())) for n, x in feed.items()
                                     if x.dtype.kind == "f" and x.size}
         for n, i in measured.items():
