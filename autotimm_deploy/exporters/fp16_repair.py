@@ -126,10 +126,6 @@ def repair_fp16(m32_path: Path, fp16_path: Path, plan: Fp16Plan, islands: Fp32Is
     return rep, plan, history
 
 
-def kept_nodes(history: Sequence[Fp16RepairStep]) -> List[Dict]:
-    return [dict(k, step=s.step) for s in history for k in s.kept_fp32]
-
-
 def repair_markdown(steps: Sequence[Dict]) -> str:
     """The FP16 repair's section of parity.md: each step's blocks kept in FP32, their measured error reduction (in
     units of the FP16 atol) and the parity verdict after it (step 0: as converted)."""

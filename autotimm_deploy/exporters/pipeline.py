@@ -394,7 +394,7 @@ def _repair_fp16(rep, model, onnx_path: Path, fp16_path: Path, plan, feeds, deco
                  reference_cache: Dict, say, artifacts: List[Dict]):
     """FP16 parity failed: the repair of :mod:`.fp16_repair`, then the FP16 artifact's entry brought up to date."""
     from ..parity.check import FP16_TOLERANCES, run_parity
-    from .fp16_repair import kept_nodes, repair_fp16
+    from .fp16_repair import repair_fp16
 
     say(f"      {fp16_path.name}: FAIL ({rep.summary()}): repairing")
     check = lambda: run_parity(model, fp16_path, feeds, decode, options.topk, tolerances=FP16_TOLERANCES,  # noqa: E731
@@ -405,5 +405,5 @@ def _repair_fp16(rep, model, onnx_path: Path, fp16_path: Path, plan, feeds, deco
     entry = next(a for a in artifacts if a["file"] == fp16_path.name)
     entry.update(sha256=sha256_file(fp16_path))
     entry["fp16_plan"].update(fp16_nodes=plan.fp16_nodes, fp32_nodes=len(plan.fp32_nodes), casts=plan.casts,
-                              repair_kept_fp32=[k["block"] for k in kept_nodes(history)])
+                              repair_kept_fp32=[k["block"] for h in history for k in h.kept_fp32])
     return (last if last is not None else rep), plan
