@@ -1,4 +1,4 @@
-"""``autotimm-export MODEL [--out DIR] [--fp16] [--int8 --calib DIR --int8-eval DIR] [--engine ...] ...``: model file -> verified ONNX and engines.
+"""``autotimm-export MODEL [--out DIR] [--fp16] [--int8 --calib DIR --int8-eval DIR] [--engine ...] [--triton-repo DIR] ...``: model file -> verified ONNX and engines.
 
 MODEL is a model file written by autotimm_deploy.save_model (.pt / .safetensors), an AutoTimm
 checkpoint (.ckpt, e.g. best-*.ckpt of its ModelCheckpoint) or a Lightning log directory holding
@@ -20,6 +20,7 @@ from ..engines.library import ENGINE_CHOICES, RTX_TARGETS
 from ..exporters.options import CALIB_METHODS, DEFAULT_ISLANDS
 from ..errors import ModelFileError
 from .common import add_model_arguments, make_parser, model_overrides, run_main
+from .triton import add_triton_arguments, print_summary, triton_options
 
 
 def _batch(text: str):
@@ -89,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", type=str, default=None,
                    help="engine cache folder (default: $AUTOTIMM_DEPLOY_CACHE or ~/.cache/autotimm-deploy)")
     e.add_argument("--no-cache", action="store_true", help="always rebuild the engine; do not store it")
+    p.add_argument("--triton-repo", type=Path, default=None, metavar="DIR",
+                   help="also write a Triton model repository from the export when parity passes (docs/serving.md)")
+    add_triton_arguments(p, prefix="triton-")
     return p
 
 
@@ -124,6 +128,7 @@ def _body(args: argparse.Namespace) -> int:
                          target_cc=tuple(t.upper() for t in args.target_cc),
                          workspace_mib=args.workspace, cache=not args.no_cache, cache_dir=args.cache_dir)
     out = args.out or args.model.with_name(args.model.stem + "_export")
+    triton = triton_options(args, "triton-") if args.triton_repo else None
     if not args.model.exists():  # before the heavy imports: a typo is answered at once
         raise ModelFileError(f"{args.model}: no such file or directory")
     start = time.time()
@@ -157,7 +162,15 @@ def _body(args: argparse.Namespace) -> int:
             print(f"parity engine: {parity['engine']['summary']}")
         print(f"\nparity: {'PASS' if parity['passed'] else 'FAIL'}")
     print(f"wrote {out}/manifest.json in {time.time() - start:.1f}s")
-    return 0 if parity is None or parity["passed"] else 1
+    passed = parity is None or parity["passed"]
+    if triton is not None:
+        if not passed:
+            print(f"triton: no repository written to {args.triton_repo}: parity failed", file=sys.stderr)
+        else:
+            from ..serve.repository import write_repository
+
+            print_summary(write_repository(out, args.triton_repo, triton), args.triton_repo)
+    return 0 if passed else 1
 
 
 def main(argv: Optional[List[str]] = None) -> int:
