@@ -164,6 +164,28 @@ def test_steps_compute_what_the_predictor_computes(demo_exports):
         assert [cls.info.class_names[i] for i in t] == [name for name, _ in e.top(2)]
 
 
+@pytest.mark.parametrize("decode", ["raw", "activations"])
+def test_steps_follow_what_the_graph_left_undecoded(tmp_path, decode):
+    """Per-level raw outputs or activations: the post-processing step decodes them as the runtime does."""
+    from autotimm_deploy.demo import demo_model_path
+    from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
+
+    export_model(demo_model_path("detector"), tmp_path / "e", ExportOptions(decode=decode, engine="none", check=False))
+    summary = write_repository(tmp_path / "e", tmp_path / "repo", TritonOptions(network="python"))
+    post = parse(tmp_path / "repo" / "demo_detector_postprocess" / "config.pbtxt")
+    assert [i.name for i in post.input][:2] == ["cls_p3", "cls_p4"] and post.input[-1].name == "letterbox"
+    assert len(post.input) == 16 and summary["artifact"] == "model.onnx"
+    predictor = load(tmp_path / "e")
+    images = detection_images()
+    batch, rows = steps.preprocess(images, predictor.info, np.float32)
+    dets = steps.postprocess_detections(predictor.backend.infer({"images": batch}), rows, predictor.info)
+    expected = predictor.predict(images)
+    assert sum(len(e.scores) for e in expected) >= 4
+    for d, e in zip(dets, expected):
+        np.testing.assert_allclose(d["boxes"], e.boxes, atol=1e-4)
+        np.testing.assert_array_equal(d["labels"], e.labels)
+
+
 def test_step_errors_name_the_bad_item():
     with pytest.raises(AutotimmError, match=r"image 1: not a readable image \(4 bytes"):
         steps.decode_images([_png(np.zeros((4, 4, 3), np.uint8)), b"junk"])
