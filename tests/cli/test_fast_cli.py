@@ -16,7 +16,7 @@ def _run(code: str):
     return proc, time.perf_counter() - start
 
 
-@pytest.mark.parametrize("cli", ["export", "infer", "parity"])
+@pytest.mark.parametrize("cli", ["export", "infer", "parity", "triton"])
 def test_help_is_fast_and_imports_nothing_heavy(cli):
     code = (f"import sys\nfrom autotimm_deploy.cli.{cli} import main\nrc = main(['--help'])\n"
             f"print('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))\nsys.exit(rc)")
@@ -32,6 +32,7 @@ def test_help_is_fast_and_imports_nothing_heavy(cli):
     (["{model}", "--batch", "4:2:8"], "--batch MIN:OPT:MAX needs"),
     (["{model}", "--topk", "5", "--decode", "raw"], "--topk needs --decode boxes"),
     (["{model}", "--engine", "onnx"], "invalid choice"),
+    (["{model}", "--triton-repo", "repo", "--triton-instances", "0"], "triton instances must be at least 1"),
 ])
 def test_argument_errors_are_fast(tmp_path, argv, message):
     model = tmp_path / "m.pt"
