@@ -65,11 +65,11 @@ def _common(plan: Plan, name: str, inputs: List[Tensor], outputs: List[Tensor]) 
             "output": [t.config(False) for t in outputs]}
 
 
-def _python(plan: Plan, name: str, inputs, outputs, params: Dict[str, str], comment: str) -> Dict:
-    c = {"# about": comment, **_common(plan, name, inputs, outputs), "backend": "python",
-         "dynamic_batching": _batching(plan),
-         "instance_group": [{"count": plan.step_instances, "kind": Enum("KIND_CPU")}], "parameters": params}
-    return c
+def _python(plan: Plan, name: str, inputs, outputs, params: Dict[str, str], comment: str,
+            instances: Optional[int] = None, kind: str = "KIND_CPU") -> Dict:
+    return {"# about": comment, **_common(plan, name, inputs, outputs), "backend": "python",
+            "dynamic_batching": _batching(plan),
+            "instance_group": [{"count": instances or plan.step_instances, "kind": Enum(kind)}], "parameters": params}
 
 
 def _image_input(encoded: bool) -> Tensor:
@@ -89,7 +89,8 @@ def network_config(plan: Plan) -> Dict:
     name = f"{plan.name}_network"
     if plan.network == "python":
         return _python(plan, name, plan.net_inputs, plan.net_outputs, {"step": "network", **plan.network_params},
-                       "the network in ONNX Runtime through autotimm_deploy's runtime (CPU variant)")
+                       "the network in ONNX Runtime through autotimm_deploy's runtime (CPU variant)", plan.instances,
+                       plan.kind)
     platform = {"tensorrt": "tensorrt_plan", "onnxruntime": "onnxruntime_onnx"}[plan.network]
     return {"# about": plan.notes, **_common(plan, name, plan.net_inputs, plan.net_outputs), "platform": platform,
             "default_model_filename": "model.plan" if plan.network == "tensorrt" else "model.onnx",

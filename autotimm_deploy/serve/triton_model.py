@@ -45,7 +45,9 @@ class TritonPythonModel:
             from ..engines.backends import OnnxRuntimeBackend
 
             threads = int(self.params.get("threads", "0")) or None
-            self.backend = OnnxRuntimeBackend(here / self.params["onnx"], ["CPUExecutionProvider"], threads=threads)
+            gpu = args.get("model_instance_kind") == "GPU"  # CUDA where ONNX Runtime has it and a GPU is present
+            self.backend = OnnxRuntimeBackend(here / self.params["onnx"], None if gpu else ["CPUExecutionProvider"],
+                                              threads=threads)
         elif self.step == "postprocess":
             from ..models import decode  # noqa: F401  (torch: loaded once here, not on the first request)
 

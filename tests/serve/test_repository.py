@@ -38,7 +38,8 @@ def detection_images():
 def test_every_config_is_a_valid_model_config_with_the_manifests_values(demo_exports, tmp_path, kind, network):
     export = demo_exports[kind]
     manifest = json.loads((export / "manifest.json").read_text())
-    summary = write_repository(export, tmp_path / "repo", TritonOptions(network=network, max_queue_delay_us=250))
+    summary = write_repository(export, tmp_path / "repo", TritonOptions(network=network, max_queue_delay_us=250,
+                                                                      instances=2, step_instances=3))
     name = summary["name"]
     assert name == f"demo_{kind}" and len(summary["models"]) == 6
     configs = {m: parse(tmp_path / "repo" / m / "config.pbtxt") for m in summary["models"]}
@@ -49,6 +50,8 @@ def test_every_config_is_a_valid_model_config_with_the_manifests_values(demo_exp
     assert [(o.name, list(o.dims)) for o in net.output] == [(o["name"], o["shape"][1:]) for o in art["outputs"]]
     assert list(net.dynamic_batching.preferred_batch_size) == [8]
     assert net.dynamic_batching.max_queue_delay_microseconds == 250
+    assert net.instance_group[0].count == 2
+    assert {configs[f"{name}_{s}"].instance_group[0].count for s in ("preprocess", "preprocess_uint8", "postprocess")} == {3}
     if network == "python":
         assert net.backend == "python" and net.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
         assert summary["artifact"] == "model.onnx"  # FP32 on CPU
