@@ -63,7 +63,11 @@ def _lines(obj: Dict[str, Any], indent: int) -> List[str]:
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             out.append(f"{pad}{key} [")
             for i, item in enumerate(value):
-                out += [f"{pad}  {{"] + _lines(item, indent + 2) + [f"{pad}  }}" + ("," if i < len(value) - 1 else "")]
+                comma = "," if i < len(value) - 1 else ""
+                if len(item) <= 2 and not any(isinstance(v, (dict, list)) for v in item.values()):  # map entries
+                    out.append(f"{pad}  {{ {' '.join(f'{k}: {_scalar(v)}' for k, v in item.items())} }}{comma}")
+                else:
+                    out += [f"{pad}  {{"] + _lines(item, indent + 2) + [f"{pad}  }}{comma}"]
             out.append(f"{pad}]")
         elif isinstance(value, list):
             out.append(f"{pad}{key}: [ {', '.join(_scalar(v) for v in value)} ]")
