@@ -82,6 +82,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """In the server's process before exec: SIGTERM when the process that started it dies (a test runner killed with
+    SIGKILL leaves no server behind; Linux's PR_SET_PDEATHSIG, a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+
+
 def group_processes(pgid: int) -> List[int]:
     """The live (not zombie) processes of process group ``pgid``, from ``/proc``."""
     out = []
@@ -177,7 +188,7 @@ class LocalTriton:
         log = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
-                                         start_new_session=True)
+                                         start_new_session=True, preexec_fn=_die_with_parent)
         finally:
             log.close()
         self._started(self.proc)

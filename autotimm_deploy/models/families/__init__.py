@@ -10,12 +10,24 @@ Adding a family means one new module here that declares its :class:`~..family.Fa
 nothing in ``exporters/``, ``engines/``, ``parity/``, ``cli/`` or ``cpp/`` asks for a family's name.
 """
 
-from .autotimm import AUTOTIMM_CLASSIFIER, AUTOTIMM_FCOS, AUTOTIMM_MULTILABEL, AUTOTIMM_YOLOX
+from ..._lazy import lazy_namespace
 from .seed import BBOX_LOG_CLAMP, CLASSIFIER, SEED_FCOS
-
-#: Every declared family, by name (documentation and tests; artifacts carry their full declaration).
-FAMILIES = {f.name: f for f in (SEED_FCOS, CLASSIFIER, AUTOTIMM_FCOS, AUTOTIMM_YOLOX, AUTOTIMM_CLASSIFIER,
-                                AUTOTIMM_MULTILABEL)}
 
 __all__ = ["SEED_FCOS", "CLASSIFIER", "AUTOTIMM_FCOS", "AUTOTIMM_YOLOX", "AUTOTIMM_CLASSIFIER",
            "AUTOTIMM_MULTILABEL", "BBOX_LOG_CLAMP", "FAMILIES"]
+
+# AutoTimm's declarations live beside its layers (torch, timm): resolved on first use, so that reading an
+# artifact's family (a runtime, a Triton pre-processing step) imports neither
+_getattr, __dir__ = lazy_namespace(__name__, dict.fromkeys(
+    ["AUTOTIMM_CLASSIFIER", "AUTOTIMM_FCOS", "AUTOTIMM_MULTILABEL", "AUTOTIMM_YOLOX"], "autotimm"), globals())
+
+
+def __getattr__(name: str):
+    if name == "FAMILIES":  #: every declared family, by name (documentation and tests; artifacts carry their own)
+        from .autotimm import AUTOTIMM_CLASSIFIER, AUTOTIMM_FCOS, AUTOTIMM_MULTILABEL, AUTOTIMM_YOLOX
+
+        families = {f.name: f for f in (SEED_FCOS, CLASSIFIER, AUTOTIMM_FCOS, AUTOTIMM_YOLOX, AUTOTIMM_CLASSIFIER,
+                                        AUTOTIMM_MULTILABEL)}
+        globals()["FAMILIES"] = families
+        return families
+    return _getattr(name)
