@@ -184,7 +184,7 @@ class LocalTriton:
                "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
                "--model-control-mode=explicit", *[f"--load-model={m}" for m in self.models],
                "--backend-config=python,stub-timeout-seconds=120", f"--log-verbose={self.log_verbose}",
-               "--exit-on-error=true", "--exit-timeout-secs=5", *self.extra_args]
+               "--exit-on-error=true", "--exit-timeout-secs=2", *self.extra_args]
         log = open(self.log_path, "wb")
         try:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
