@@ -73,6 +73,7 @@ class TritonModelClient:
     def predict(self, images: Sequence[ImageLike]):
         """One :class:`Detections` or :class:`Classification` per image, as ``Predictor.predict`` returns."""
         from ..engines.predictor import Classification, Detections
+        from .steps import decode_images
 
         out = self.infer_raw(images)
         names = self.class_names or []
@@ -82,7 +83,7 @@ class TritonModelClient:
         for i, im in enumerate(images):
             n = int(out["num_detections"][i, 0])
             labels = out["labels"][i, :n].astype(np.int64)
-            h, w = (load_image(im).shape[:2]) if not isinstance(im, bytes) else (0, 0)
+            h, w = (decode_images([im])[0] if isinstance(im, bytes) else load_image(im)).shape[:2]
             results.append(Detections(out["boxes"][i, :n], out["scores"][i, :n], labels,
                                       [names[l] if l < len(names) else str(l) for l in labels], w, h))
         return results

@@ -108,13 +108,15 @@ def group_processes(pgid: int) -> List[int]:
 
 
 class LocalTriton:
-    """``tritonserver`` on ``repo`` (explicit model control, every model loaded at start)."""
+    """``tritonserver`` on ``repo`` (explicit model control, ``models`` loaded at start: all by default).  Its working
+    folder (log, backend copy, the stubs' environment) is removed by :meth:`stop` unless ``keep_log`` or the start
+    failed, whose error message names the log."""
 
     def __init__(self, repo: str | Path, models: Sequence[str] = ("*",), startup_timeout: float = 180.0,
-                 extra_args: Sequence[str] = (), log_verbose: int = 0) -> None:
+                 extra_args: Sequence[str] = (), log_verbose: int = 0, keep_log: bool = False) -> None:
         self.repo = Path(repo).resolve()
         self.models, self.startup_timeout = list(models), startup_timeout
-        self.extra_args, self.log_verbose = list(extra_args), log_verbose
+        self.extra_args, self.log_verbose, self.keep_log = list(extra_args), log_verbose, keep_log
         self.proc: Optional[subprocess.Popen] = None
         self.workdir: Optional[Path] = None
         self.http_port = self.grpc_port = self.metrics_port = 0
@@ -195,6 +197,7 @@ class LocalTriton:
         try:
             self._wait_ready()
         except BaseException:
+            self.keep_log = True
             self.stop()
             raise
         return self
@@ -238,8 +241,11 @@ class LocalTriton:
         deadline = time.monotonic() + 10.0
         while group_processes(proc.pid) and time.monotonic() < deadline:  # killed stubs take a moment to go
             time.sleep(0.05)
-        for sub in ("stub-env", "backends"):  # the log stays (its path is in every error message)
-            shutil.rmtree(self.workdir / sub, ignore_errors=True)
+        if self.keep_log:  # a failed start keeps its log (the error message names it)
+            for sub in ("stub-env", "backends"):
+                shutil.rmtree(self.workdir / sub, ignore_errors=True)
+        else:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> "LocalTriton":
         return self.start()

@@ -20,6 +20,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from ..errors import AutotimmError
 from . import steps
 
 __all__ = ["TritonPythonModel"]
@@ -63,9 +64,8 @@ class TritonPythonModel:
         feeds, responses = [], [None] * len(requests)
         for k, req in enumerate(requests):
             try:
-                feed = {n: pb.get_input_tensor_by_name(req, n).as_numpy() for n in self.inputs
-                        if pb.get_input_tensor_by_name(req, n) is not None}
-                feeds.append((k, self._prepare(feed)))
+                tensors = {n: pb.get_input_tensor_by_name(req, n) for n in self.inputs}
+                feeds.append((k, self._prepare({n: t.as_numpy() for n, t in tensors.items() if t is not None})))
             except Exception as exc:  # this request only
                 responses[k] = pb.InferenceResponse(output_tensors=[], error=pb.TritonError(_message(exc)))
         if feeds:
@@ -85,11 +85,11 @@ class TritonPythonModel:
             (x,) = feed.values()
             if x.dtype == np.object_:
                 if x.size == 0:
-                    raise steps.AutotimmError("empty image batch")
+                    raise AutotimmError("empty image batch")
                 return steps.decode_images(x.reshape(-1))
             return steps.check_uint8_images(x)
         if any(v.shape[0] == 0 for v in feed.values()):
-            raise steps.AutotimmError("empty batch")
+            raise AutotimmError("empty batch")
         return feed
 
     def _run(self, prepared: List) -> List[Dict[str, np.ndarray]]:
@@ -122,4 +122,4 @@ class TritonPythonModel:
 
 def _message(exc: Exception) -> str:
     text = str(exc) or exc.__class__.__name__
-    return text if isinstance(exc, steps.AutotimmError) else f"{exc.__class__.__name__}: {text}"
+    return text if isinstance(exc, AutotimmError) else f"{exc.__class__.__name__}: {text}"

@@ -32,6 +32,7 @@ def served(demo_exports, tmp_path_factory):
     finally:
         server.stop()
         assert group_processes(pid) == [], "tritonserver or a Python stub outlived stop()"
+        assert not server.workdir.exists()  # log, backend copy and the stubs' environment removed
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,7 @@ def test_detections_equal_the_local_predictor(served, expected, protocol):
     encoded = TritonModelClient(url, "demo_detector", protocol, class_names=names)
     got = encoded.predict(expected["images"])  # one request of 4 encoded images of different sizes
     assert_same_detections(got, want)
+    assert [(g.width, g.height) for g in got] == [(w.width, w.height) for w in want]
     assert [g.class_names for g in got] == [w.class_names for w in want]
     raw = TritonModelClient(url, "demo_detector_uint8", protocol, class_names=names)
     for image, w in zip(expected["images"], want):  # uint8 HxWx3: one request per image size
@@ -175,3 +177,4 @@ def test_a_server_that_cannot_start_says_why_and_leaves_no_process(tmp_path):
         server.start()
     assert "no_such_backend" in str(err.value)
     assert server.proc is None and group_processes(pid[0]) == []
+    assert server.log_path.exists() and str(server.log_path) in str(err.value)  # kept: the message names it
