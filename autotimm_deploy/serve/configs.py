@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 from .pbtxt import DTYPES, Enum
 
-__all__ = ["Tensor", "Plan", "preprocess_config", "network_config", "postprocess_config", "ensemble_config",
+__all__ = ["Tensor", "Plan", "POST_NAMES", "preprocess_config", "network_config", "postprocess_config", "ensemble_config",
            "ensemble_outputs"]
 
 
@@ -109,11 +109,11 @@ def ensemble_outputs(plan: Plan) -> List[Tensor]:
 
 
 #: post-processing step output -> ensemble output (a step cannot have an input and an output both named "boxes")
-_POST_NAMES = {"boxes": "detection_boxes", "scores": "detection_scores", "labels": "detection_labels"}
+POST_NAMES = {"boxes": "detection_boxes", "scores": "detection_scores", "labels": "detection_labels"}
 
 
 def postprocess_config(plan: Plan) -> Dict:
-    outs = [Tensor(_POST_NAMES.get(t.name, t.name), t.dtype, t.dims, t.label_filename) for t in ensemble_outputs(plan)]
+    outs = [Tensor(POST_NAMES.get(t.name, t.name), t.dtype, t.dims, t.label_filename) for t in ensemble_outputs(plan)]
     return _python(plan, f"{plan.name}_postprocess", plan.net_outputs + [Tensor("letterbox", "float32", [5])], outs,
                    {"step": "postprocess", "top_k": str(plan.top_k), **plan.step_params},
                    "decode what the graph did not fuse + the family's NMS, boxes mapped back to image pixels "
@@ -136,7 +136,7 @@ def ensemble_config(plan: Plan, encoded: bool) -> Dict:
          "output_map": _map((t.name, f"net_{t.name}") for t in plan.net_outputs)},
         {"model_name": f"{plan.name}_postprocess", "model_version": -1,
          "input_map": _map([(t.name, f"net_{t.name}") for t in plan.net_outputs] + [("letterbox", "letterbox")]),
-         "output_map": _map((_POST_NAMES.get(t.name, t.name), t.name) for t in outs)},
+         "output_map": _map((POST_NAMES.get(t.name, t.name), t.name) for t in outs)},
     ]
     what = "encoded image bytes (TYPE_STRING, one per batch item)" if encoded else "uint8 HxWx3 RGB images"
     return {"# about": f"{plan.name}: {what} in; {', '.join(t.name for t in outs)} out (autotimm-deploy)",

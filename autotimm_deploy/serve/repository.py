@@ -127,8 +127,8 @@ def _model_py(step: str, name: str) -> str:
             "from autotimm_deploy.serve.triton_model import TritonPythonModel  # noqa: F401\n")
 
 
-def _write_model(tmp: Path, config: Dict, files: Dict[str, str | Path], version_files: Dict[str, str | Path]) -> None:
-    """One model folder: config.pbtxt (validated), extra files beside it and in version 1."""
+def _write_model(tmp: Path, config: Dict, files: Dict[str, str | Path], version_files: Dict[str, str | Path]) -> str:
+    """One model folder: config.pbtxt (validated), extra files beside it and in version 1; returns its name."""
     text = to_pbtxt(config) + "\n"
     validate_config(text, f"{config['name']}/config.pbtxt")
     d = tmp / config["name"]
@@ -140,6 +140,7 @@ def _write_model(tmp: Path, config: Dict, files: Dict[str, str | Path], version_
                 shutil.copyfile(content, where / fname)
             else:
                 (where / fname).write_text(content)
+    return config["name"]
 
 
 def write_repository(export_dir: str | Path, repo_dir: str | Path, options: Optional[TritonOptions] = None,
@@ -185,26 +186,23 @@ def write_repository(export_dir: str | Path, repo_dir: str | Path, options: Opti
     repo_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{repo_dir.name}.{name}.", dir=repo_dir.resolve().parent))
     try:
-        for encoded in (True, False):
-            cfg = preprocess_config(plan, encoded)
-            _write_model(tmp, cfg, {}, {"model.py": _model_py("preprocess", name), "model.json": meta_json})
+        models = [_write_model(tmp, ensemble_config(plan, encoded), {"labels.txt": labels}, {})
+                  for encoded in (True, False)]
+        models += [_write_model(tmp, preprocess_config(plan, encoded), {},
+                                {"model.py": _model_py("preprocess", name), "model.json": meta_json})
+                   for encoded in (True, False)]
         net = network_config(plan)
         if network == "python":
             files = {"model.py": _model_py("network", name), "model.json": meta_json,
                      "model.onnx": export_dir / art["file"]}
         else:
             files = {net["default_model_filename"]: export_dir / art["file"]}
-        _write_model(tmp, net, {}, files)
-        _write_model(tmp, postprocess_config(plan), {"labels.txt": labels},
-                     {"model.py": _model_py("postprocess", name), "model.json": meta_json})
+        models.append(_write_model(tmp, net, {}, files))
+        models.append(_write_model(tmp, postprocess_config(plan), {"labels.txt": labels},
+                                   {"model.py": _model_py("postprocess", name), "model.json": meta_json}))
         summary = {"name": name, "network": network, "artifact": art["file"], "why": why, "kind": kind,
                    "max_batch_size": max_batch, "preferred_batch": preferred, "task": plan.task,
-                   "models": [], "options": asdict(opts)}
-        for encoded in (True, False):
-            cfg = ensemble_config(plan, encoded)
-            summary["models"].append(cfg["name"])
-            _write_model(tmp, cfg, {"labels.txt": labels}, {})
-        summary["models"] += [f"{name}_preprocess", f"{name}_preprocess_uint8", f"{name}_network", f"{name}_postprocess"]
+                   "models": models, "options": asdict(opts)}
         atomic_write_text(tmp / name / "autotimm-deploy.json", json.dumps(summary, indent=1) + "\n")
         for d in sorted(tmp.iterdir()):
             target = repo_dir / d.name

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import AutotimmError
 from . import steps
+from .configs import POST_NAMES
 
 __all__ = ["TritonPythonModel"]
 
@@ -109,8 +110,7 @@ class TritonPythonModel:
         out, start = [], 0
         for n in counts:
             padded = steps.pad_detections(dets[start:start + n])
-            out.append({"detection_boxes": padded["boxes"], "detection_scores": padded["scores"],
-                        "detection_labels": padded["labels"], "num_detections": padded["num_detections"]})
+            out.append({POST_NAMES.get(k, k): v for k, v in padded.items()})
             start += n
         return out
 
