@@ -28,14 +28,27 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import AutotimmError
 
-__all__ = ["RawOutput", "Postprocess", "Preprocess", "Family", "ACTIVATIONS", "LEVELS", "family_from_metadata"]
+__all__ = ["RawOutput", "Postprocess", "Preprocess", "MaskSpec", "Family", "ACTIVATIONS", "LEVELS", "TASK_ROLES",
+           "family_from_metadata"]
 
 #: Names of the FPN levels, in output order.
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 #: What an activation may be: ``sigmoid`` (probabilities), ``exp`` (log-distances to pixels), ``identity``
 #: (already pixels), ``softmax`` / ``sigmoid`` for classifier logits.  Each stage implements these few.
 ACTIVATIONS = ("identity", "sigmoid", "exp", "softmax")
-_ROLES = ("class_logits", "ltrb", "centerness", "logits")
+#: The roles a task's raw outputs may take: ``(required, optional)``.  Detectors' roles are per FPN level
+#: (``<key>_p3``..); the others are one tensor each.  Semantic segmentation: ``pixel_logits`` (B, C, h, w) at the
+#: head's resolution; instance segmentation: a detector's outputs plus ``mask_features`` (the feature map the mask
+#: head's RoIAlign reads, see :class:`MaskSpec`).
+TASK_ROLES = {
+    "detection": (("class_logits", "ltrb"), ("centerness",)),
+    "classification": (("logits",), ()),
+    "segmentation": (("pixel_logits",), ()),
+    "instance_segmentation": (("class_logits", "ltrb", "mask_features"), ("centerness",)),
+}
+#: Roles with one output per FPN level.
+PER_LEVEL_ROLES = ("class_logits", "ltrb", "centerness")
+_ROLES = tuple(dict.fromkeys(r for req, opt in TASK_ROLES.values() for r in req + opt))
 _CANDIDATES = ("per_class", "argmax")
 
 
@@ -43,7 +56,7 @@ _CANDIDATES = ("per_class", "argmax")
 class RawOutput:
     """One raw output of the network (per level for detectors: ``<key>_p3`` ..).
 
-    ``channels``: ``"num_classes"`` or a fixed count.  ``role``: ``class_logits``, ``ltrb`` (the four
+    ``channels``: ``"num_classes"``, a fixed count, or ``"features"`` (the model's feature width).  ``role``: ``class_logits``, ``ltrb`` (the four
     distances), ``centerness`` or ``logits`` (classifiers).  ``activation`` (after ``min(x, clamp_max)``
     when ``clamp_max`` is set) turns the value into a probability or a pixel distance."""
 
@@ -88,8 +101,9 @@ class Postprocess:
 @dataclass(frozen=True)
 class Preprocess:
     """How an image becomes the network input.  ``resize``: ``letterbox`` (scale to fit, aspect kept, then
-    pad; AutoTimm's LongestMaxSize + PadIfNeeded for square inputs) or ``resize_crop`` (the shorter side
-    to ``input / crop_fraction``, then a centre crop: AutoTimm's classifier eval transform).  ``align``:
+    pad; AutoTimm's LongestMaxSize + PadIfNeeded for square inputs), ``resize_crop`` (the shorter side
+    to ``input / crop_fraction``, then a centre crop: AutoTimm's classifier eval transform) or ``stretch``
+    (both sides to the input size, aspect not kept: AutoTimm's segmentation eval ``A.Resize``).  ``align``:
     where a letterboxed image goes (``top-left`` or ``center``).  ``fill``: the padding colour in 0-255,
     or ``None`` for the mean colour (which normalises to 0)."""
 
@@ -99,13 +113,36 @@ class Preprocess:
     crop_fraction: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.resize not in ("letterbox", "resize_crop") or self.align not in ("top-left", "center"):
-            raise ValueError(f"resize must be letterbox/resize_crop and align top-left/center, got "
+        if self.resize not in ("letterbox", "resize_crop", "stretch") or self.align not in ("top-left", "center"):
+            raise ValueError(f"resize must be letterbox/resize_crop/stretch and align top-left/center, got "
                              f"{self.resize!r}, {self.align!r}")
         if self.fill is not None:
             object.__setattr__(self, "fill", tuple(int(v) for v in self.fill))
         if not 0.0 < self.crop_fraction <= 1.0:
             raise ValueError(f"crop_fraction must be in (0, 1], got {self.crop_fraction}")
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """Instance masks (AutoTimm's ``InstanceSegmentor.predict``): for each final detection, RoIAlign of the
+    ``mask_features`` output (stride ``feature_stride``) over its box to ``roi_size`` x ``roi_size``
+    (``aligned``: half-pixel box coordinates; ``sampling_ratio`` 0: adaptive, torchvision's -1), the mask head to
+    ``mask_size`` x ``mask_size`` logits per class, the detection's class channel, sigmoid; the mask is pasted into
+    its box (bilinear resize to the box's pixel extent: floor of x1, y1 and ceil of x2, y2, clipped to the image)
+    and a pixel belongs to the instance where the probability is > ``threshold``."""
+
+    feature_stride: int = 8
+    roi_size: int = 14
+    mask_size: int = 28
+    sampling_ratio: int = 0
+    aligned: bool = True
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.feature_stride < 1 or self.roi_size < 1 or self.mask_size < 1 or self.sampling_ratio < 0:
+            raise ValueError(f"bad mask declaration: {self}")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError(f"mask threshold must be in [0, 1), got {self.threshold}")
 
 
 @dataclass(frozen=True)
@@ -120,23 +157,30 @@ class Family:
     postprocess: Postprocess = field(default_factory=Postprocess)
     preprocess: Preprocess = field(default_factory=Preprocess)
     description: str = ""
+    masks: Optional[MaskSpec] = None  # instance segmentation: how masks come from mask_features
 
     def __post_init__(self) -> None:
         keys = [o.key for o in self.outputs]
-        if self.task not in ("detection", "classification"):
-            raise ValueError(f"task must be detection or classification, got {self.task!r}")
-        if self.task == "detection":
-            roles = [o.role for o in self.outputs]
-            if roles.count("class_logits") != 1 or roles.count("ltrb") != 1:
-                raise ValueError(f"family {self.name}: a detector needs one class_logits and one ltrb output")
-            if not self.score or any(k not in keys for k in self.score):
-                raise ValueError(f"family {self.name}: score {self.score} must name outputs among {keys}")
-        elif [o.role for o in self.outputs] != ["logits"]:
-            raise ValueError(f"family {self.name}: a classifier has exactly one logits output")
+        if self.task not in TASK_ROLES:
+            raise ValueError(f"task must be one of {', '.join(TASK_ROLES)}, got {self.task!r}")
+        required, optional = TASK_ROLES[self.task]
+        roles = [o.role for o in self.outputs]
+        missing = [r for r in required if roles.count(r) != 1]
+        extra = [r for r in roles if r not in required + optional or roles.count(r) > 1]
+        if missing or extra or len(set(keys)) != len(keys):
+            raise ValueError(f"family {self.name}: a {self.task} family has one output of each role "
+                             f"{', '.join(required)} (optional: {', '.join(optional) or 'none'}); got {roles}")
+        if "ltrb" in required and (not self.score or any(k not in keys for k in self.score)):
+            raise ValueError(f"family {self.name}: score {self.score} must name outputs among {keys}")
+        if (self.masks is not None) != (self.task == "instance_segmentation"):
+            raise ValueError(f"family {self.name}: a mask declaration belongs to instance segmentation families only")
 
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, role: str) -> RawOutput:
         return next(o for o in self.outputs if o.role == role)
+
+    def has_role(self, role: str) -> bool:
+        return any(o.role == role for o in self.outputs)
 
     def output_by_key(self, key: str) -> RawOutput:
         return next(o for o in self.outputs if o.key == key)
@@ -146,10 +190,10 @@ class Family:
         return tuple(o.key for o in self.outputs)
 
     def output_names(self, num_levels: int = 5) -> List[str]:
-        """The raw-output contract: detectors ``<key>_p3..`` per key in order, classifiers ``logits``."""
-        if self.task == "classification":
-            return [o.key for o in self.outputs]
-        return [f"{o.key}_{lv}" for o in self.outputs for lv in LEVELS[:num_levels]]
+        """The raw-output contract: per-level outputs ``<key>_p3..`` per key in order, the others by their key
+        (a classifier's ``logits``, an instance segmentor's ``mask_features`` last)."""
+        return [f"{o.key}_{lv}" if o.role in PER_LEVEL_ROLES else o.key
+                for o in self.outputs for lv in (LEVELS[:num_levels] if o.role in PER_LEVEL_ROLES else ("",))]
 
     def convention_dict(self) -> Dict[str, Any]:
         """Human- and machine-readable summary, stored in ONNX metadata as ``decoding_convention``."""
@@ -187,7 +231,8 @@ class Family:
                        outputs=tuple(RawOutput(**_known(RawOutput, o)) for o in d["outputs"]),
                        score=tuple(d.get("score") or ()),
                        postprocess=Postprocess(**_known(Postprocess, d.get("postprocess") or {})),
-                       preprocess=Preprocess(**_known(Preprocess, pre)), description=d.get("description", ""))
+                       preprocess=Preprocess(**_known(Preprocess, pre)), description=d.get("description", ""),
+                       masks=MaskSpec(**_known(MaskSpec, d["masks"])) if d.get("masks") else None)
         except (KeyError, TypeError, ValueError) as exc:
             raise AutotimmError(f"malformed model-family declaration in the artifact's metadata: {exc}") from None
 

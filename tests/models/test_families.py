@@ -47,7 +47,7 @@ def test_metadata_without_a_family_is_the_seed_and_a_bad_one_is_one_error():
 
 
 def test_declarations_are_checked():
-    with pytest.raises(ValueError, match="one class_logits and one ltrb"):
+    with pytest.raises(ValueError, match="one output of each role class_logits, ltrb"):
         Family("x", "detection", "c", (RawOutput("cls", "class_logits", "num_classes", "sigmoid"),), score=("cls",))
     with pytest.raises(ValueError, match="score"):
         Family("x", "detection", "c", AUTOTIMM_YOLOX.outputs, score=("ctr",))
