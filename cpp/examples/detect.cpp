@@ -25,8 +25,6 @@ int main(int argc, char** argv) {
     const ModelInfo& m = engine.model();
     if (m.task != "detection" || m.decode != "boxes")
       throw std::runtime_error("this example runs detectors exported with --decode boxes (fused decode)");
-    if (m.preprocess.resize != "letterbox")
-      throw std::runtime_error("the model's preprocessing '" + m.preprocess.resize + "' is not implemented here");
     PostprocessConfig cfg = m.postprocess;  // the model family's rule and the model's own thresholds
     int orientation = 1;                    // EXIF orientation of the decoded picture: boxes in the displayed frame
     for (int i = 3; i + 1 < argc; i += 2) {

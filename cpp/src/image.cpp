@@ -102,13 +102,23 @@ Letterbox letterbox_normalize(const Image& img, int net_h, int net_w, const std:
   Letterbox lb;
   lb.width = img.width;
   lb.height = img.height;
-  const double scale = std::min(static_cast<double>(net_h) / img.height, static_cast<double>(net_w) / img.width);
-  lb.scale = static_cast<float>(scale);
-  const int nh = std::max(1, static_cast<int>(std::nearbyint(img.height * scale)));
-  const int nw = std::max(1, static_cast<int>(std::nearbyint(img.width * scale)));
-  const int off_x = pre.center ? (net_w - nw) / 2 : 0, off_y = pre.center ? (net_h - nh) / 2 : 0;
-  lb.pad_x = static_cast<float>(off_x);
-  lb.pad_y = static_cast<float>(off_y);
+  int nh = net_h, nw = net_w, off_x = 0, off_y = 0;
+  if (pre.resize == "stretch") {
+    lb.scale = static_cast<double>(net_w) / img.width;
+    lb.scale_y = static_cast<double>(net_h) / img.height;
+  } else if (pre.resize == "letterbox") {
+    const double scale = std::min(static_cast<double>(net_h) / img.height, static_cast<double>(net_w) / img.width);
+    lb.scale = scale;
+    nh = std::max(1, static_cast<int>(std::nearbyint(img.height * scale)));
+    nw = std::max(1, static_cast<int>(std::nearbyint(img.width * scale)));
+    off_x = pre.center ? (net_w - nw) / 2 : 0;
+    off_y = pre.center ? (net_h - nh) / 2 : 0;
+  } else {
+    throw std::runtime_error("preprocessing '" + pre.resize + "' is not implemented in the C++ runtime "
+                             "(letterbox and stretch are)");
+  }
+  lb.pad_x = off_x;
+  lb.pad_y = off_y;
   const size_t plane = static_cast<size_t>(net_h) * net_w;
   for (int c = 0; c < 3; ++c) {  // the mean colour normalises to 0
     const float v = pre.fill_mean ? 0.0f : static_cast<float>((pre.fill_rgb[c] / 255.0 - mean[c]) / std[c]);

@@ -39,6 +39,17 @@ void apply_family(const Json& family, ModelInfo& info) {
     info.preprocess.fill_mean = p["fill"].is_null();
     if (!info.preprocess.fill_mean)
       for (size_t c = 0; c < 3; ++c) info.preprocess.fill_rgb[c] = static_cast<float>(p["fill"][c].number());
+    if (p.has("crop_fraction")) info.preprocess.crop_fraction = static_cast<float>(p["crop_fraction"].number());
+  }
+  if (family.has("masks") && !family["masks"].is_null()) {
+    const Json& m = family["masks"];
+    info.has_masks = true;
+    info.masks.feature_stride = static_cast<int>(m["feature_stride"].integer());
+    info.masks.roi_size = static_cast<int>(m["roi_size"].integer());
+    info.masks.mask_size = static_cast<int>(m["mask_size"].integer());
+    info.masks.sampling_ratio = static_cast<int>(m["sampling_ratio"].integer());
+    info.masks.aligned = m["aligned"].boolean();
+    info.masks.threshold = static_cast<float>(m["threshold"].number());
   }
 }
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <numeric>
 
+#include "autotimm/dump.hpp"
 #include "autotimm/json.hpp"
 
 namespace autotimm {
@@ -83,29 +84,61 @@ std::vector<Detection> nms_postprocess(const float* boxes, const float* scores, 
 
 void to_image_pixels(std::vector<Detection>& dets, const Letterbox& lb) {
   const float w = static_cast<float>(lb.width), h = static_cast<float>(lb.height);
+  const float px = static_cast<float>(lb.pad_x), py = static_cast<float>(lb.pad_y);
+  const float sx = static_cast<float>(lb.scale), sy = static_cast<float>(lb.sy());
   for (auto& d : dets) {
-    d.x1 = std::clamp((d.x1 - lb.pad_x) / lb.scale, 0.0f, w);
-    d.y1 = std::clamp((d.y1 - lb.pad_y) / lb.scale, 0.0f, h);
-    d.x2 = std::clamp((d.x2 - lb.pad_x) / lb.scale, 0.0f, w);
-    d.y2 = std::clamp((d.y2 - lb.pad_y) / lb.scale, 0.0f, h);
+    d.x1 = std::clamp((d.x1 - px) / sx, 0.0f, w);
+    d.y1 = std::clamp((d.y1 - py) / sy, 0.0f, h);
+    d.x2 = std::clamp((d.x2 - px) / sx, 0.0f, w);
+    d.y2 = std::clamp((d.y2 - py) / sy, 0.0f, h);
   }
 }
 
+void image_grid(const Letterbox& lb, std::vector<long>& rows, std::vector<long>& cols) {
+  rows.resize(static_cast<size_t>(lb.height));
+  cols.resize(static_cast<size_t>(lb.width));
+  const double sy = lb.sy();
+  for (int i = 0; i < lb.height; ++i) rows[i] = static_cast<long>(std::floor((i + 0.5) * sy + lb.pad_y));
+  for (int j = 0; j < lb.width; ++j) cols[j] = static_cast<long>(std::floor((j + 0.5) * lb.scale + lb.pad_x));
+}
+
+std::string class_name(const std::vector<std::string>& class_names, int label) {
+  return label >= 0 && label < static_cast<int>(class_names.size()) ? class_names[label]
+                                                                     : "class_" + std::to_string(label);
+}
+
 std::string detections_json(const std::vector<Detection>& dets, const Letterbox& lb,
-                            const std::vector<std::string>& class_names, const std::string& image) {
+                            const std::vector<std::string>& class_names, const std::string& image,
+                            const std::vector<std::string>* extras) {
   std::string s = "{";
   if (!image.empty()) s += "\"image\": " + json_quote(image) + ", ";
   s += "\"width\": " + std::to_string(lb.width) + ", \"height\": " + std::to_string(lb.height) + ", \"detections\": [";
   char buf[256];
   for (size_t k = 0; k < dets.size(); ++k) {
     const auto& d = dets[k];
-    const std::string name = d.label >= 0 && d.label < static_cast<int>(class_names.size())
-                                 ? class_names[d.label] : "class_" + std::to_string(d.label);
     std::snprintf(buf, sizeof buf, "%s{\"box\": [%.3f, %.3f, %.3f, %.3f], \"score\": %.6f, \"label\": %d, \"class_name\": ",
                   k ? ", " : "", d.x1, d.y1, d.x2, d.y2, d.score, d.label);
-    s += buf + json_quote(name) + "}";
+    s += buf + json_quote(class_name(class_names, d.label));
+    if (extras && k < extras->size() && !(*extras)[k].empty()) s += ", " + (*extras)[k];
+    s += "}";
   }
   return s + "]}";
+}
+
+// The dump of a detector (fused decode): meta "num_candidates", "num_classes"; boxes.f32 (batch, N, 4) xyxy in
+// network pixels and scores.f32 (batch, N, C).
+std::vector<std::string> detections_from_dump(const Dump& d) {
+  const int n = d.integer("num_candidates"), c = d.integer("num_classes");
+  const auto boxes = d.f32("boxes.f32", static_cast<size_t>(d.batch) * n * 4);
+  const auto scores = d.f32("scores.f32", static_cast<size_t>(d.batch) * n * c);
+  std::vector<std::string> out;
+  for (int i = 0; i < d.batch; ++i) {
+    auto dets = nms_postprocess(&boxes[static_cast<size_t>(i) * n * 4], &scores[static_cast<size_t>(i) * n * c], n, c,
+                                d.info.postprocess);
+    to_image_pixels(dets, d.letterboxes[i]);
+    out.push_back(detections_json(dets, d.letterboxes[i], d.info.class_names));
+  }
+  return out;
 }
 
 }  // namespace autotimm

@@ -9,6 +9,7 @@
 
 #include "autotimm/image.hpp"
 #include "autotimm/json.hpp"
+#include "autotimm/masks.hpp"
 #include "autotimm/postprocess.hpp"
 
 namespace autotimm {
@@ -19,7 +20,9 @@ struct ModelInfo {
   std::array<float, 3> mean{}, std{};
   std::vector<std::string> class_names;
   PostprocessConfig postprocess;  // the family's rule and the model's thresholds
-  Preprocess preprocess;          // the family's letterbox placement and padding colour
+  Preprocess preprocess;          // the family's resize (letterbox / stretch), placement and padding colour
+  MaskSpec masks;                 // instance segmentation: the family's masks (has_masks)
+  bool has_masks = false;
 };
 
 class Engine {
@@ -49,8 +52,9 @@ class Engine {
 
 // Parses sidecar["model"] (the ONNX metadata: JSON-encoded strings) into a ModelInfo.
 ModelInfo model_info_from_sidecar(const Json& sidecar);
-// The "family" declaration (ONNX metadata key "family", a JSON object) into info's postprocess/preprocess;
-// absent in exports made before families: the seed's defaults stay.
+// The "family" declaration (ONNX metadata key "family", a JSON object) into info's postprocess / preprocess / masks
+// (each part optional: absent in exports made before families, and "masks" only in instance segmentors; what is
+// absent keeps the seed's defaults).
 void apply_family(const Json& family, ModelInfo& info);
 
 }  // namespace autotimm

@@ -27,18 +27,24 @@ void write_ppm(const Image& img, const std::string& path);
 // counter-clockwise.  Run it before letterbox_normalize so that boxes are in the displayed frame.
 Image apply_exif_orientation(const Image& img, int orientation);
 
-// Where a letterboxed image goes and what fills the rest (a model family's "preprocess" declaration).
+// How an image becomes the network input (a model family's "preprocess" declaration).
 struct Preprocess {
-  std::string resize = "letterbox";   // letterbox_normalize implements "letterbox" (not "resize_crop")
-  bool center = false;                // centred (AutoTimm: PadIfNeeded) instead of top-left
+  std::string resize = "letterbox";   // "letterbox" or "stretch" (letterbox_normalize; not "resize_crop")
+  bool center = false;                // letterbox: centred (AutoTimm: PadIfNeeded) instead of top-left
   bool fill_mean = true;              // pad with the mean colour (normalises to 0) ...
   std::array<float, 3> fill_rgb{};    // ... or with this colour (0-255), e.g. AutoTimm's 114
+  float crop_fraction = 1.0f;         // resize_crop only
 };
 
-// Letterbox into (net_h, net_w): scale = min(net_h / h, net_w / w), new size rounded half-to-even as
-// Python's round(), bilinear resize (half-pixel centres, no antialias), placed top-left or centred
-// (offset floor((net - new) / 2)), padding = mean colour or pre.fill_rgb; then (x / 255 - mean) / std
-// into a CHW float buffer of net_h * net_w * 3 values.
+// Resize into (net_h, net_w) as pre.resize says, then (x / 255 - mean) / std into a CHW float buffer of
+// net_h * net_w * 3 values; returns where the image went (as the Python runtime's letterbox_images):
+// - "letterbox": scale = min(net_h / h, net_w / w), new size rounded half-to-even as Python's round() (at least
+//   1 px), placed top-left or centred (offset floor((net - new) / 2)), padding = mean colour or pre.fill_rgb;
+// - "stretch" (AutoTimm's segmentation eval A.Resize): both sides to the network size, aspect not kept:
+//   scale = net_w / w, scale_y = net_h / h, no padding.
+// The resize is bilinear with half-pixel centres and no antialias (PIL's BILINEAR antialiases when it shrinks: the
+// network input differs from the Python runtime's there, not where boxes and masks map back).  Any other
+// pre.resize throws std::runtime_error.
 Letterbox letterbox_normalize(const Image& img, int net_h, int net_w, const std::array<float, 3>& mean,
                               const std::array<float, 3>& std, float* chw, const Preprocess& pre = Preprocess());
 
