@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 import tempfile
 
 import pytest
@@ -54,3 +55,50 @@ def reliability_record(tmp_path):
         (root / f"{name}.json").write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
 
     return record
+
+
+def _builders():
+    """tests/autotimm/builders.py (real AutoTimm writes the checkpoints of the classes without stored fixtures),
+    imported by path: the tests run with --import-mode=importlib."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    name = "autotimm_deploy_tests_autotimm_builders"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).parent / "autotimm" / "builders.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def autotimm_builders():
+    """The module tests/autotimm/builders.py."""
+    return _builders()
+
+
+@pytest.fixture(scope="session")
+def autotimm_checkpoint(tmp_path_factory):
+    """``autotimm_checkpoint(kind, compiled=False)``: a checkpoint real AutoTimm wrote for ``kind`` (builders.KINDS:
+    semantic_deeplab, semantic_fcn, instance, yolox_detector), built once per session."""
+    made = {}
+
+    def get(kind: str, compiled: bool = False) -> Path:
+        if (kind, compiled) not in made:
+            out = tmp_path_factory.mktemp(f"ckpt-{kind}-{'compiled' if compiled else 'plain'}")
+            # YOLOX: a confident, sparse model (AutoTimm's default threshold 0.01 leaves a random model's best scores
+            # near 0.1, and dense overlapping boxes of near-equal score, where FP16 reorders NMS's choices): 3 % of
+            # the locations score above 0.3
+            extra = {"score_thresh": 0.3, "pos_fraction": 0.03} if kind == "yolox_detector" else {}
+            made[kind, compiled] = _builders().build_checkpoint(kind, out, compile_model=compiled, **extra)
+        return made[kind, compiled]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def autotimm_rebuild():
+    """``autotimm_rebuild(path)``: AutoTimm's own LightningModule for a built checkpoint (builders.rebuild)."""
+    return _builders().rebuild
