@@ -9,8 +9,9 @@ _EXPORTS = {
     "create_feature_backbone": "backbone", "ImageClassifier": "classifier", "BBOX_LOG_CLAMP": "decode",
     "DECODING_CONVENTION": "decode", "anchor_points": "decode", "batched_nms_postprocess": "decode", "decode": "decode",
     "FAMILIES": "families", "Family": "family", "ObjectDetector": "detector", "FPN": "fpn",
-    "ClassificationHead": "heads", "DetectionHead": "heads", "group_norm_groups": "heads", "LoadedModel": "io",
-    "load_model": "io", "load_model_file": "io", "save_model": "io", "ModelOverrides": "overrides",
+    "ClassificationHead": "heads", "DetectionHead": "heads", "group_norm_groups": "heads",
+    "LoadedModel": "loaded", "load_model": "readers", "load_model_file": "readers", "Reader": "readers",
+    "register_reader": "readers", "save_model": "io", "ModelOverrides": "overrides",
 }
 __all__ = list(_EXPORTS)
 

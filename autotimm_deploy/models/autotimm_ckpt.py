@@ -1,24 +1,26 @@
-"""AutoTimm checkpoints: PyTorch Lightning ``.ckpt`` files of AutoTimm's ``ImageClassifier`` and
-``ObjectDetector`` (FCOS and YOLOX heads), rebuilt without importing ``autotimm`` and without downloading
-anything (the backbone is always created with ``pretrained=False``; the checkpoint holds the weights).
+"""AutoTimm checkpoints: PyTorch Lightning ``.ckpt`` files of every AutoTimm task class (``ImageClassifier``,
+``ObjectDetector`` with FCOS and YOLOX heads, ``YOLOXDetector``, ``SemanticSegmentor``, ``InstanceSegmentor``),
+rebuilt without importing ``autotimm`` and without downloading anything (a timm backbone is always created with
+``pretrained=False``; the checkpoint holds the weights).
 
 What is read (docs/autotimm.md has the whole mapping):
 
 - the file is read like every model file: ``torch.load(weights_only=True)`` after the archive checks, a
-  refusal naming the offending global (:func:`~autotimm_deploy.models.io.safe_torch_load`);
-- ``hyper_parameters`` (or, when absent, ``hparams.yaml`` of a Lightning log directory) say which model
-  it is: ``detection_arch`` (fcos / yolox) makes an ``ObjectDetector``, ``multi_label`` an
-  ``ImageClassifier``; ``backbone``, ``num_classes``, ``fpn_channels``, ``head_num_convs``, ``strides``
-  rebuild it; ``score_thresh``, ``nms_thresh`` and ``max_detections_per_image`` become the family's
-  post-processing defaults;
+  refusal naming the offending global (:func:`~autotimm_deploy.models.safe_load.safe_torch_load`);
+- ``hyper_parameters`` (or, when absent, ``hparams.yaml`` of a Lightning log directory) and the state dict say
+  which class it is: the first :class:`~autotimm_deploy.models.hparams.AutotimmClass` of
+  :func:`~autotimm_deploy.models.families.autotimm_classes` whose ``matches`` accepts them (each declared beside
+  its layers in its family module); its ``build`` rebuilds the network from the hyper-parameters (``backbone``,
+  ``num_classes``, ...) and makes ``score_thresh``, ``nms_thresh``, ``max_detections_per_image`` (and
+  ``mask_threshold``) the family's post-processing defaults;
 - ``datamodule_hyper_parameters.image_size`` is the input size (``--input-size`` overrides it);
 - ``torch.compile`` (AutoTimm's default ``compile_model=True``) writes ``._orig_mod`` into every key:
   those segments are removed; loss and metric entries are not part of the network and are dropped;
   any other key the network does not have is an error.
 
-Anything that cannot be mapped (another AutoTimm task, an unknown ``detection_arch``, a backbone timm
-does not know, missing or unexpected weights) raises :class:`~autotimm_deploy.errors.ModelFileError`
-with one line naming the cause.
+Anything that cannot be mapped (an unknown class, an unknown ``detection_arch``, ``head_type`` or YOLOX
+``model_name``, a backbone timm does not know, missing or unexpected weights) raises
+:class:`~autotimm_deploy.errors.ModelFileError` with one line naming the cause.
 """
 
 from __future__ import annotations
@@ -27,21 +29,23 @@ import re
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-import timm
-
 from ..errors import ModelFileError
-from .families.autotimm import AutotimmClassifier, AutotimmDetector
-from .io import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, build_and_load, check_state_dict
+from .families import autotimm_classes
+from .hparams import AutotimmClass, HParams
+from .loaded import IMAGENET_MEAN, IMAGENET_STD, LoadedModel, check_state_dict
 
-__all__ = ["find_checkpoint", "is_lightning_checkpoint", "load_checkpoint", "read_hparams_yaml", "strip_compile"]
+__all__ = ["find_checkpoint", "is_lightning_checkpoint", "load_checkpoint", "read_hparams_yaml", "strip_compile",
+           "match_class"]
 
 #: Parts of an AutoTimm LightningModule's state dict that are not the network (losses, metrics).
-_NOT_NETWORK = ("focal_loss.", "giou_loss.", "criterion.", "train_metrics.", "val_metrics.", "test_metrics.",
-                "_val_confusion.", "loss_fn.")
-#: Other AutoTimm tasks, recognised to say so instead of failing on missing keys.
-_OTHER_TASKS = (("head_type", None, "SemanticSegmentor"), (None, "mask_head.", "InstanceSegmentor"),
-                ("model_name", None, "YOLOXDetector (CSPDarknet + PAFPN)"))
-_SUPPORTED = "autotimm-deploy deploys AutoTimm ImageClassifier and ObjectDetector (fcos, yolox) checkpoints"
+_NOT_NETWORK = ("focal_loss.", "giou_loss.", "mask_loss_fn.", "criterion.", "train_metrics.", "val_metrics.",
+                "test_metrics.", "_val_confusion.", "loss_fn.")
+
+
+def _names(last: str) -> str:
+    """The AutoTimm class names, ``"A, B, ... <last> E"``."""
+    names = [c.name for c in autotimm_classes()]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
 
 
 def is_lightning_checkpoint(obj: Any) -> bool:
@@ -94,42 +98,16 @@ def strip_compile(state: Dict[str, Any]) -> Dict[str, Any]:
     return {re.sub(r"(^|\.)_orig_mod\.", r"\1", k): v for k, v in state.items()}
 
 
-def _task(path: Path, hp: Dict[str, Any], state: Dict[str, Any]) -> str:
-    for key, prefix, name in _OTHER_TASKS:
-        if (key and key in hp) or (prefix and any(k.startswith(prefix) for k in state)):
-            raise ModelFileError(f"{path}: an AutoTimm {name} checkpoint; {_SUPPORTED}")
-    if "detection_arch" in hp or any(k.startswith("fpn.") for k in state):
-        return "detection"
-    if "multi_label" in hp or "head.fc.weight" in state:
-        return "classification"
-    raise ModelFileError(f"{path}: a Lightning checkpoint, but not one AutoTimm's ImageClassifier or ObjectDetector "
-                         f"wrote (hyper_parameters: {sorted(hp)[:8]}); {_SUPPORTED}")
-
-
-def _get(path: Path, hp: Dict[str, Any], key: str, kind, default=None, required: bool = False):
-    if key not in hp or hp[key] is None:
-        if required:
-            raise ModelFileError(f"{path}: hyper_parameters has no {key!r}; cannot rebuild the model")
-        return default
-    value = hp[key]
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ModelFileError(f"{path}: hyper_parameters {key}={value!r} must be a positive integer")
-    if kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise ModelFileError(f"{path}: hyper_parameters {key}={value!r} must be a number")
-    if kind is str and not isinstance(value, str):
-        raise ModelFileError(f"{path}: hyper_parameters {key}={value!r} must be a string")
-    return kind(value) if kind in (int, float) else value
-
-
-def _backbone(path: Path, hp: Dict[str, Any]) -> str:
-    name = _get(path, hp, "backbone", str, required=True)
-    if name.startswith("hf-hub:") or name.startswith("hf_hub:"):
-        raise ModelFileError(f"{path}: backbone {name!r} is defined on the Hugging Face Hub; rebuilding it needs the "
-                             "hub, which autotimm-deploy never contacts: train with a timm model name")
-    if not timm.is_model(name):
-        raise ModelFileError(f"{path}: backbone {name!r} is not a model timm {timm.__version__} knows "
-                             "(trained with a newer timm? upgrade timm)")
-    return name
+def match_class(path: Path, hp: HParams, state: Dict[str, Any]) -> AutotimmClass:
+    """The first AutoTimm class (in :data:`~autotimm_deploy.models.families.AUTOTIMM_CLASSES` order) whose
+    ``matches`` accepts the hyper-parameters and the state dict; none: a :class:`ModelFileError` listing the
+    supported classes."""
+    for cls in autotimm_classes():
+        if cls.matches(hp, state):
+            return cls
+    raise ModelFileError(f"{path}: a Lightning checkpoint, but not one AutoTimm's {_names('or')} wrote "
+                         f"(hyper_parameters: {sorted(hp)[:8]}); autotimm-deploy deploys AutoTimm "
+                         f"{_names('and')} checkpoints")
 
 
 def _input_size(path: Path, dm: Dict[str, Any]) -> Optional[list]:
@@ -155,38 +133,25 @@ def load_checkpoint(path: Path, obj: Dict[str, Any], digest: str, hparams_yaml: 
     raw_state = check_state_dict(path, obj["state_dict"])
     state = strip_compile(raw_state)
     compiled = len(state) and any("_orig_mod." in k for k in raw_state)
-    task = _task(path, hp, state)
+    h = HParams(path, hp)
+    cls = match_class(path, h, state)
     state = {k: v for k, v in state.items() if not k.startswith(_NOT_NETWORK)}
-    backbone = _backbone(path, hp)
-    num_classes = _get(path, hp, "num_classes", int, required=True)
-    if task == "detection":
-        arch = hp.get("detection_arch", "fcos")
-        if arch not in ("fcos", "yolox"):
-            raise ModelFileError(f"{path}: unknown detection_arch {arch!r}; autotimm-deploy knows 'fcos' and 'yolox'")
-        strides = hp.get("strides", (8, 16, 32, 64, 128))
-        if not isinstance(strides, (list, tuple)) or not all(isinstance(s, int) and s > 0 for s in strides):
-            raise ModelFileError(f"{path}: hyper_parameters strides={strides!r} is not a list of positive integers")
-        config = {"backbone": backbone, "num_classes": num_classes, "detection_arch": arch,
-                  "fpn_channels": _get(path, hp, "fpn_channels", int, 256),
-                  "head_num_convs": _get(path, hp, "head_num_convs", int, 4), "strides": list(strides)}
-        model = build_and_load(path, lambda: AutotimmDetector(**config), state,
-                               f"an AutoTimm {arch.upper()} ObjectDetector ({backbone!r})")
-        model.family = model.family.with_postprocess(
-            score_thresh=_get(path, hp, "score_thresh", float, 0.05), iou_thresh=_get(path, hp, "nms_thresh", float, 0.5),
-            max_detections=_get(path, hp, "max_detections_per_image", int, 100))
-    else:
-        config = {"backbone": backbone, "num_classes": num_classes, "multi_label": bool(hp.get("multi_label", False))}
-        model = build_and_load(path, lambda: AutotimmClassifier(**config), state,
-                               f"an AutoTimm ImageClassifier ({backbone!r})")
+    try:
+        model, config = cls.build(h, state)
+        extra = cls.metadata(h) if cls.metadata is not None else {}
+    except ValueError as exc:  # e.g. a threshold outside [0, 1] in the family's post-processing
+        raise ModelFileError(f"{path}: hyper_parameters of an AutoTimm {cls.name} do not make a valid model: "
+                             f"{str(exc).splitlines()[0]}") from None
     metadata = {
-        "class_names": [f"class_{i}" for i in range(num_classes)],
+        "class_names": [f"class_{i}" for i in range(model.num_classes)],
         "input_size": _input_size(path, dm),
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        "autotimm": {"task_class": "ObjectDetector" if task == "detection" else "ImageClassifier",
+        "autotimm": {"task_class": cls.name,
                      "compiled": bool(compiled), "full_checkpoint": "optimizer_states" in obj,
                      "lightning_version": obj.get("pytorch-lightning_version"),
                      "epoch": obj.get("epoch"), "global_step": obj.get("global_step"),
-                     "hparams_from": "checkpoint" if obj.get("hyper_parameters") else str(hparams_yaml)},
+                     "hparams_from": "checkpoint" if obj.get("hyper_parameters") else str(hparams_yaml),
+                     **extra},
     }
-    return LoadedModel(model=model, task=task, config=config, metadata=metadata, sha256=digest, path=path)
+    return LoadedModel(model=model, task=cls.task, config=config, metadata=metadata, sha256=digest, path=path)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .families.seed import BBOX_LOG_CLAMP, SEED_FCOS
-from .family import LEVELS, Family, RawOutput
+from .family import LEVELS, PER_LEVEL_ROLES, Family, RawOutput
 
 __all__ = [
     "BBOX_LOG_CLAMP",
@@ -37,9 +37,17 @@ __all__ = [
     "postprocess_outputs",
 ]
 
-#: The seed's convention (kept for callers of the first releases); every family has its own:
-#: ``family.convention_dict()``.
-DECODING_CONVENTION = SEED_FCOS.convention_dict()
+#: The seed's convention (kept for callers of the first releases); every family has its own, which its task
+#: describes: ``tasks.task_of(family).convention(family)``.
+DECODING_CONVENTION = {
+    "name": SEED_FCOS.convention,
+    "anchor_point": "((j + 0.5) * stride, (i + 0.5) * stride)",
+    "distances": f"exp(min(bbox, {BBOX_LOG_CLAMP})) pixels, order l, t, r, b",
+    "box": "xyxy = (px - l, py - t, px + r, py + b) clipped to [0, W] x [0, H]",
+    "score": "sigmoid(cls) * sigmoid(ctr)",
+    "order": "levels P3..P7, row-major within a level",
+    "bbox_log_clamp": BBOX_LOG_CLAMP,
+}
 
 
 def anchor_points(height: int, width: int, stride: int, *, device=None, dtype=torch.float32) -> Tensor:
@@ -74,8 +82,14 @@ def activate(output: RawOutput, x: Tensor) -> Tensor:
     return x
 
 
+def _levelled(family: Family):
+    """The family's per-level outputs (an instance segmentor's ``mask_features`` is one tensor, not decoded here)."""
+    return [o for o in family.outputs if o.role in PER_LEVEL_ROLES]
+
+
 def raw_outputs(family: Family, network_output) -> Dict[str, List[Tensor]]:
-    """A detector's forward result (one list per output key, in the family's order) as {key: levels}."""
+    """A detector's forward result (one list per output key, in the family's order; single-tensor outputs as they
+    are) as {key: levels}."""
     groups = tuple(network_output)
     if len(groups) != len(family.outputs):
         raise ValueError(f"family {family.name} declares {len(family.outputs)} outputs {list(family.keys)}, "
@@ -87,8 +101,9 @@ def decode_activated(family: Family, acts: Dict[str, Sequence[Tensor]], strides:
                      image_size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
     """Boxes (B, N, 4) xyxy and scores (B, N, C) from activated per-level outputs ({key: [levels]})."""
     ltrb = family.output("ltrb").key
-    if any(len(acts[k]) != len(strides) for k in family.keys):
-        raise ValueError(f"decode needs one map per stride for each of {list(family.keys)}")
+    keys = [o.key for o in _levelled(family)]
+    if any(len(acts[k]) != len(strides) for k in keys):
+        raise ValueError(f"decode needs one map per stride for each of {keys}")
     height, width = int(image_size[0]), int(image_size[1])
     all_boxes, all_scores = [], []
     for lv, stride in enumerate(strides):
@@ -111,7 +126,7 @@ def decode_activated(family: Family, acts: Dict[str, Sequence[Tensor]], strides:
 def decode_outputs(family: Family, raw: Dict[str, Sequence[Tensor]], strides: Sequence[int],
                    image_size: Tuple[int, int]) -> Tuple[Tensor, Tensor]:
     """Decode raw per-level outputs ({key: [levels]}) into ``boxes`` (B, N, 4) and ``scores`` (B, N, C)."""
-    acts = {o.key: [activate(o, t) for t in raw[o.key]] for o in family.outputs}
+    acts = {o.key: [activate(o, t) for t in raw[o.key]] for o in _levelled(family)}
     return decode_activated(family, acts, strides, image_size)
 
 
@@ -169,7 +184,7 @@ def batched_nms_postprocess(
 
 
 def _by_level(t: Dict[str, Tensor], family: Family, num_levels: int) -> Dict[str, List[Tensor]]:
-    return {o.key: [t[f"{o.key}_{lv}"] for lv in LEVELS[:num_levels]] for o in family.outputs}
+    return {o.key: [t[f"{o.key}_{lv}"] for lv in LEVELS[:num_levels]] for o in _levelled(family)}
 
 
 def postprocess_outputs(outputs: Dict[str, np.ndarray], decode_mode: str, strides: Sequence[int],

@@ -28,27 +28,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import AutotimmError
 
-__all__ = ["RawOutput", "Postprocess", "Preprocess", "MaskSpec", "Family", "ACTIVATIONS", "LEVELS", "TASK_ROLES",
-           "family_from_metadata"]
+__all__ = ["RawOutput", "Postprocess", "Preprocess", "MaskSpec", "Family", "ACTIVATIONS", "LEVELS", "PER_LEVEL_ROLES"]
 
 #: Names of the FPN levels, in output order.
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 #: What an activation may be: ``sigmoid`` (probabilities), ``exp`` (log-distances to pixels), ``identity``
 #: (already pixels), ``softmax`` / ``sigmoid`` for classifier logits.  Each stage implements these few.
 ACTIVATIONS = ("identity", "sigmoid", "exp", "softmax")
-#: The roles a task's raw outputs may take: ``(required, optional)``.  Detectors' roles are per FPN level
-#: (``<key>_p3``..); the others are one tensor each.  Semantic segmentation: ``pixel_logits`` (B, C, h, w) at the
-#: head's resolution; instance segmentation: a detector's outputs plus ``mask_features`` (the feature map the mask
-#: head's RoIAlign reads, see :class:`MaskSpec`).
-TASK_ROLES = {
-    "detection": (("class_logits", "ltrb"), ("centerness",)),
-    "classification": (("logits",), ()),
-    "segmentation": (("pixel_logits",), ()),
-    "instance_segmentation": (("class_logits", "ltrb", "mask_features"), ("centerness",)),
-}
-#: Roles with one output per FPN level.
+#: Roles with one output per FPN level (``<key>_p3``..); every other output is one tensor named by its key.
 PER_LEVEL_ROLES = ("class_logits", "ltrb", "centerness")
-_ROLES = tuple(dict.fromkeys(r for req, opt in TASK_ROLES.values() for r in req + opt))
 _CANDIDATES = ("per_class", "argmax")
 
 
@@ -56,8 +44,10 @@ _CANDIDATES = ("per_class", "argmax")
 class RawOutput:
     """One raw output of the network (per level for detectors: ``<key>_p3`` ..).
 
-    ``channels``: ``"num_classes"``, a fixed count, or ``"features"`` (the model's feature width).  ``role``: ``class_logits``, ``ltrb`` (the four
-    distances), ``centerness`` or ``logits`` (classifiers).  ``activation`` (after ``min(x, clamp_max)``
+    ``channels``: ``"num_classes"``, a fixed count, or ``"features"`` (the model's feature width).  ``role``: what
+    the output is to its task (:mod:`autotimm_deploy.tasks` checks that a family has the roles its task needs):
+    ``class_logits``, ``ltrb`` (the four distances), ``centerness``, ``logits`` (classifiers), ``pixel_logits``
+    (semantic segmentation), ``mask_features`` (instance segmentation).  ``activation`` (after ``min(x, clamp_max)``
     when ``clamp_max`` is set) turns the value into a probability or a pixel distance."""
 
     key: str
@@ -70,8 +60,8 @@ class RawOutput:
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
-        if self.role not in _ROLES:
-            raise ValueError(f"role must be one of {_ROLES}, got {self.role!r}")
+        if not self.role or not self.key:
+            raise ValueError("a raw output needs a key and a role")
 
 
 @dataclass(frozen=True)
@@ -150,7 +140,7 @@ class Family:
     """A model family's declaration: see the module docstring."""
 
     name: str
-    task: str  # detection | classification
+    task: str  # a registered task: detection, classification, segmentation, instance_segmentation
     convention: str  # versioned name of the decoding convention, e.g. fcos-ltrb-exp-v1
     outputs: Tuple[RawOutput, ...]
     score: Tuple[str, ...] = ()  # detectors: the output keys whose activations multiply into class scores
@@ -158,22 +148,14 @@ class Family:
     preprocess: Preprocess = field(default_factory=Preprocess)
     description: str = ""
     masks: Optional[MaskSpec] = None  # instance segmentation: how masks come from mask_features
+    fp32_nodes: Tuple[str, ...] = ()  # ONNX node-name globs FP16 exports keep in FP32 (measured sensitive layers)
 
     def __post_init__(self) -> None:
         keys = [o.key for o in self.outputs]
-        if self.task not in TASK_ROLES:
-            raise ValueError(f"task must be one of {', '.join(TASK_ROLES)}, got {self.task!r}")
-        required, optional = TASK_ROLES[self.task]
-        roles = [o.role for o in self.outputs]
-        missing = [r for r in required if roles.count(r) != 1]
-        extra = [r for r in roles if r not in required + optional or roles.count(r) > 1]
-        if missing or extra or len(set(keys)) != len(keys):
-            raise ValueError(f"family {self.name}: a {self.task} family has one output of each role "
-                             f"{', '.join(required)} (optional: {', '.join(optional) or 'none'}); got {roles}")
-        if "ltrb" in required and (not self.score or any(k not in keys for k in self.score)):
+        if not self.task or not self.outputs or len(set(keys)) != len(keys):
+            raise ValueError(f"family {self.name}: needs a task and outputs with distinct keys, got {keys}")
+        if any(k not in keys for k in self.score):
             raise ValueError(f"family {self.name}: score {self.score} must name outputs among {keys}")
-        if (self.masks is not None) != (self.task == "instance_segmentation"):
-            raise ValueError(f"family {self.name}: a mask declaration belongs to instance segmentation families only")
 
     # -- outputs ---------------------------------------------------------------------------------
     def output(self, role: str) -> RawOutput:
@@ -195,23 +177,6 @@ class Family:
         return [f"{o.key}_{lv}" if o.role in PER_LEVEL_ROLES else o.key
                 for o in self.outputs for lv in (LEVELS[:num_levels] if o.role in PER_LEVEL_ROLES else ("",))]
 
-    def convention_dict(self) -> Dict[str, Any]:
-        """Human- and machine-readable summary, stored in ONNX metadata as ``decoding_convention``."""
-        if self.task == "classification":
-            return {"name": self.convention, "probabilities": f"{self.output('logits').activation}(logits)"}
-        fmt = lambda o: (f"{o.activation}(min({o.key}, {o.clamp_max}))" if o.clamp_max is not None
-                         else f"{o.activation}({o.key})")
-        ltrb = self.output("ltrb")
-        return {
-            "name": self.convention,
-            "anchor_point": "((j + 0.5) * stride, (i + 0.5) * stride)",
-            "distances": f"{fmt(ltrb)} pixels, order l, t, r, b",
-            "box": "xyxy = (px - l, py - t, px + r, py + b) clipped to [0, W] x [0, H]",
-            "score": " * ".join(fmt(self.output_by_key(k)) for k in self.score),
-            "order": "levels P3..P7, row-major within a level",
-            **({"bbox_log_clamp": ltrb.clamp_max} if ltrb.clamp_max is not None else {}),
-        }
-
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
         d = asdict(self)
@@ -232,7 +197,8 @@ class Family:
                        score=tuple(d.get("score") or ()),
                        postprocess=Postprocess(**_known(Postprocess, d.get("postprocess") or {})),
                        preprocess=Preprocess(**_known(Preprocess, pre)), description=d.get("description", ""),
-                       masks=MaskSpec(**_known(MaskSpec, d["masks"])) if d.get("masks") else None)
+                       masks=MaskSpec(**_known(MaskSpec, d["masks"])) if d.get("masks") else None,
+                       fp32_nodes=tuple(d.get("fp32_nodes") or ()))
         except (KeyError, TypeError, ValueError) as exc:
             raise AutotimmError(f"malformed model-family declaration in the artifact's metadata: {exc}") from None
 
@@ -249,16 +215,3 @@ def _known(kind, d: Dict[str, Any]) -> Dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown {kind.__name__} field(s) {unknown}")
     return dict(d)
-
-
-def family_from_metadata(meta: Dict[str, str]) -> Family:
-    """The family an artifact's metadata declares (``family``); exports written before families existed
-    carry none and are the seed's (FCOS with exp distances, or a softmax classifier)."""
-    from .families import CLASSIFIER, SEED_FCOS
-
-    if "family" in meta:
-        try:
-            return Family.from_dict(json.loads(meta["family"]))
-        except ValueError as exc:  # JSONDecodeError
-            raise AutotimmError(f"the artifact's family metadata is not valid JSON: {exc}") from None
-    return SEED_FCOS if meta.get("task") == "detection" else CLASSIFIER

@@ -1,4 +1,6 @@
-"""Model files: one file holding the task, constructor config, state dict and metadata.
+"""The own model-file format: one file holding the task, constructor config, state dict and metadata
+(:func:`save_model`; read back by :func:`~autotimm_deploy.models.readers.load_model_file`, whose registry
+holds this module's reader).
 
 Loading never executes code from the file: ``.pt`` files are read with
 ``torch.load(..., weights_only=True)`` and ``.safetensors`` files hold the config as JSON in
@@ -8,34 +10,27 @@ message that names the problem.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import inspect
 import json
 import os
-import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .._atomic import atomic_write_bytes
-from .._compat import check_torch_version
 from ..errors import ModelFileError
 from .classifier import ImageClassifier
 from .detector import ObjectDetector
-from .overrides import ModelOverrides, read_class_names  # noqa: F401 (public here too)
-from .safe_load import safe_torch_load
+from .loaded import LoadedModel, build_and_load, check_state_dict, clean_metadata
 
-__all__ = ["save_model", "load_model", "load_model_file", "LoadedModel", "ModelOverrides", "read_class_names",
-           "FORMAT_NAME", "FORMAT_VERSION"]
+__all__ = ["save_model", "FORMAT_NAME", "FORMAT_VERSION", "is_own_format", "read_own_format", "read_safetensors",
+           "not_a_model_file"]
 
 FORMAT_NAME = "autotimm-deploy-model"
 FORMAT_VERSION = 1
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _TASKS = {"detection": ObjectDetector, "classification": ImageClassifier}
 
@@ -47,33 +42,6 @@ def _task_of(model: nn.Module) -> str:
     raise TypeError(
         f"save_model supports ObjectDetector and ImageClassifier, got {type(model).__name__}"
     )
-
-
-def _clean_metadata(
-    model: nn.Module,
-    class_names: Optional[Sequence[str]],
-    input_size: Optional[Sequence[int]],
-    mean: Optional[Sequence[float]],
-    std: Optional[Sequence[float]],
-) -> Dict[str, Any]:
-    num_classes = model.num_classes
-    if class_names is not None:
-        class_names = [str(c) for c in class_names]
-        if len(class_names) != num_classes:
-            raise ValueError(f"class_names has {len(class_names)} names but the model has {num_classes} classes")
-    if input_size is not None:
-        input_size = [int(v) for v in input_size]
-        if len(input_size) != 2 or min(input_size) < 1:
-            raise ValueError(f"input_size must be (H, W) with positive ints, got {input_size}")
-    for name, v in (("mean", mean), ("std", std)):
-        if v is not None and len(v) != 3:
-            raise ValueError(f"{name} must have 3 values (R, G, B), got {list(v)}")
-    return {
-        "class_names": class_names if class_names is not None else [f"class_{i}" for i in range(num_classes)],
-        "input_size": input_size,
-        "mean": [float(v) for v in (mean if mean is not None else IMAGENET_MEAN)],
-        "std": [float(v) for v in (std if std is not None else IMAGENET_STD)],
-    }
 
 
 def _canonical_safetensors(data: bytes) -> bytes:
@@ -98,14 +66,15 @@ def save_model(
     """Write ``model`` to ``path`` (``.pt``, or ``.safetensors``) atomically and return the path.
 
     >>> import tempfile, pathlib
+    >>> from autotimm_deploy.models.readers import load_model_file
     >>> m = ImageClassifier("resnet18", num_classes=2)
     >>> p = save_model(m, pathlib.Path(tempfile.mkdtemp()) / "m.pt", class_names=["cat", "dog"])
-    >>> load_model(p).config["num_classes"]
+    >>> load_model_file(p).config["num_classes"]
     2
     """
     task = _task_of(model)
     path = Path(path)
-    metadata = _clean_metadata(model, class_names, input_size, mean, std)
+    metadata = clean_metadata(model, class_names, input_size, mean, std)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
         from safetensors.torch import save as st_save
@@ -134,38 +103,34 @@ def save_model(
     return path
 
 
-@dataclass
-class LoadedModel:
-    """A model rebuilt from a model file, with what the file said about it."""
-
-    model: nn.Module
-    task: str
-    config: Dict[str, Any]
-    metadata: Dict[str, Any]
-    sha256: str
-    path: Path
-    extra: Dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def family(self):
-        """The model's :class:`~autotimm_deploy.models.family.Family` declaration."""
-        return self.model.family
-
-
 # timm.create_model keywords that load weights or configs from elsewhere (a path, the Hugging Face Hub)
 _BANNED_BACKBONE_KWARGS = frozenset({"checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay",
                                      "cache_dir", "features_only", "out_indices"})
+
+
+def is_own_format(obj: Any) -> bool:
+    """A dict that says it is this format (``format``: :data:`FORMAT_NAME`); its version is checked on reading."""
+    return isinstance(obj, dict) and obj.get("format") == FORMAT_NAME
+
+
+def not_a_model_file(path: Path) -> ModelFileError:
+    """The error for a file that no reader recognises (to raise)."""
+    return ModelFileError(
+        f"{path}: not an autotimm-deploy model file nor an AutoTimm checkpoint (expected a dict with "
+        f"format={FORMAT_NAME!r}, or a Lightning checkpoint with state_dict and hyper_parameters; a bare state "
+        "dict or a pickled module is not accepted). Save models with autotimm_deploy.save_model"
+    )
+
+
 def _check_format(path: Path, obj: Any) -> Dict[str, Any]:
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT_NAME:
-        raise ModelFileError(
-            f"{path}: not an autotimm-deploy model file nor an AutoTimm checkpoint (expected a dict with "
-            f"format={FORMAT_NAME!r}, or a Lightning checkpoint with state_dict and hyper_parameters; a bare state "
-            "dict or a pickled module is not accepted). Save models with autotimm_deploy.save_model"
-        )
+    if not is_own_format(obj):
+        raise not_a_model_file(path)
     return obj
 
 
-def _read_safetensors(path: Path, raw: bytes) -> Dict[str, Any]:
+def read_safetensors(path: Path, raw: bytes) -> Dict[str, Any]:
+    """A ``.safetensors`` file written by :func:`save_model` (its bytes ``raw``) as the dict a ``.pt`` file holds;
+    a damaged file, or one without this format's metadata, is a :class:`ModelFileError`."""
     from safetensors import SafetensorError
     from safetensors.torch import load as st_load
 
@@ -206,76 +171,10 @@ def _read_safetensors(path: Path, raw: bytes) -> Dict[str, Any]:
         raise ModelFileError(f"{path}: malformed autotimm-deploy metadata in safetensors header: {exc}") from None
 
 
-def _read_regular_file(path: Path) -> bytes:
-    try:
-        st = path.stat()  # follows symlinks: a link to /dev/zero is judged by what it points to
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):  # a FIFO blocks on open, /dev/zero never ends
-        raise ModelFileError(f"{path}: not a regular file (a device, pipe or socket); expected a model file "
-                             "(.pt or .safetensors) or an AutoTimm checkpoint (.ckpt)")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ModelFileError(f"{path}: cannot read: {exc.strerror}") from None
-    if not raw:
-        raise ModelFileError(f"{path}: file is empty")
-    return raw
-
-
-def check_state_dict(path: Path, state: Any) -> Dict[str, torch.Tensor]:
-    """A dict of str -> tensor, or a :class:`ModelFileError` naming the first bad entry."""
-    if not isinstance(state, dict):
-        raise ModelFileError(f"{path}: the state dict is a {type(state).__name__}, not a dict of tensors")
-    for k, v in state.items():
-        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
-            raise ModelFileError(f"{path}: state dict entry {k!r} is not a tensor ({type(v).__name__}) "
-                                 "or its name is not a string")
-    return state
-
-
-def build_and_load(path: Path, factory: Callable[[], nn.Module], state: Dict[str, torch.Tensor], what: str) -> nn.Module:
-    """``factory()`` with ``state`` loaded strictly, in eval mode; ``what`` names the model in errors.
-
-    A skeleton is built on the meta device first: a config that asks for a giant model costs no memory
-    before its keys and shapes are compared with the state dict the file actually holds."""
-    try:
-        with torch.device("meta"):
-            skeleton = factory()
-    except (TypeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: cannot build {what}: {str(exc).splitlines()[0]}") from None
-    except Exception:  # a backbone whose construction does not work on the meta device: build it for real
-        try:
-            skeleton = factory()
-        except (TypeError, ValueError) as exc:
-            raise ModelFileError(f"{path}: cannot build {what}: {str(exc).splitlines()[0]}") from None
-    expected = skeleton.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} with the wrong shape (e.g. {mismatched[:2]})")
-        raise ModelFileError(f"{path}: state dict does not match {what}: " + "; ".join(parts))
-    del skeleton, expected
-    try:
-        model = factory()
-        model.load_state_dict(state, strict=True)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise ModelFileError(f"{path}: state dict cannot be loaded into {what}: "
-                             f"{str(exc).strip().splitlines()[-1].strip()}") from None
-    return model.eval()
-
-
-def _load_own_format(path: Path, obj: Dict[str, Any], digest: str) -> LoadedModel:
+def read_own_format(path: Path, obj: Dict[str, Any], digest: str, hparams_yaml: Optional[Path] = None) -> LoadedModel:
+    """Rebuild the model of a file in this format (``obj``: the dict :func:`save_model` wrote, read safely, or
+    :func:`read_safetensors`' result); ``hparams_yaml`` is not used (the reader signature of
+    :mod:`.readers`)."""
     if obj.get("format_version") != FORMAT_VERSION:
         raise ModelFileError(
             f"{path}: model file format version {obj.get('format_version')!r} is not supported "
@@ -311,36 +210,3 @@ def _load_own_format(path: Path, obj: Dict[str, Any], digest: str) -> LoadedMode
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path}: model file metadata must be a dict, got {type(metadata).__name__}")
     return LoadedModel(model=model, task=task, config=config, metadata=dict(metadata), sha256=digest, path=path)
-
-
-def load_model_file(path: str | os.PathLike, overrides: Optional[ModelOverrides] = None) -> LoadedModel:
-    """Read and verify a model file and rebuild its module (in eval mode), without executing file code.
-
-    ``path``: a model file written by :func:`save_model` (``.pt`` / ``.safetensors``), an AutoTimm
-    (PyTorch Lightning) checkpoint ``.ckpt``, or a Lightning log directory holding ``checkpoints/*.ckpt``
-    (and ``hparams.yaml``); see :mod:`autotimm_deploy.models.autotimm_ckpt`.  ``overrides`` replace what
-    the file records (or does not) about class names, input size and normalisation.
-    """
-    from . import autotimm_ckpt
-
-    check_torch_version()
-    path = Path(path)
-    hparams_yaml = None
-    if path.is_dir():
-        path, hparams_yaml = autotimm_ckpt.find_checkpoint(path)
-    raw = _read_regular_file(path)
-    digest = hashlib.sha256(raw).hexdigest()
-    if path.suffix == ".safetensors" or raw[8:10] == b"{\"":
-        loaded = _load_own_format(path, _read_safetensors(path, raw), digest)
-    else:
-        obj = safe_torch_load(path, raw)
-        if autotimm_ckpt.is_lightning_checkpoint(obj):
-            loaded = autotimm_ckpt.load_checkpoint(path, obj, digest, hparams_yaml)
-        else:
-            loaded = _load_own_format(path, _check_format(path, obj), digest)
-    return (overrides or ModelOverrides()).apply(loaded)
-
-
-def load_model(path: str | os.PathLike) -> nn.Module:
-    """Rebuild the module saved at ``path`` (eval mode). See :func:`load_model_file` for its metadata."""
-    return load_model_file(path).model

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 from ..errors import ModelFileError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .io import LoadedModel
+    from .loaded import LoadedModel
 
 __all__ = ["ModelOverrides", "read_class_names"]
 
@@ -37,10 +37,10 @@ class ModelOverrides:
     def apply(self, loaded: "LoadedModel") -> "LoadedModel":
         if not self.to_dict():
             return loaded
-        from .io import _clean_metadata
+        from .loaded import clean_metadata  # torch: only when there is something to apply
 
         try:
-            fresh = _clean_metadata(loaded.model, self.class_names, self.input_size, self.mean, self.std)
+            fresh = clean_metadata(loaded.model, self.class_names, self.input_size, self.mean, self.std)
         except ValueError as exc:
             raise ModelFileError(f"{loaded.path}: {exc}") from None
         meta = dict(loaded.metadata)

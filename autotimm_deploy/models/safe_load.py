@@ -1,7 +1,7 @@
 """Reading a torch archive without executing anything in it: the checks that need no unpickling, then
 ``torch.load(weights_only=True)``, and refusals that name the offending global or the damage.
 
-Used for model files and AutoTimm (Lightning) checkpoints alike (:mod:`.io`, :mod:`.autotimm_ckpt`).
+Used for model files and AutoTimm (Lightning) checkpoints alike (:func:`.readers.load_model_file`).
 """
 
 from __future__ import annotations

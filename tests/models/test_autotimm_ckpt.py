@@ -14,7 +14,8 @@ from autotimm_deploy.cli.export import main as export_main
 from autotimm_deploy.errors import ModelFileError
 from autotimm_deploy.models.autotimm_ckpt import find_checkpoint, read_hparams_yaml
 from autotimm_deploy.models.families.autotimm import AutotimmClassifier, AutotimmDetector
-from autotimm_deploy.models.io import ModelOverrides, load_model_file, read_class_names
+from autotimm_deploy.models.overrides import ModelOverrides, read_class_names
+from autotimm_deploy.models.readers import load_model_file
 
 HP = {"backbone": "test_resnet", "num_classes": 3, "detection_arch": "fcos", "fpn_channels": 64, "head_num_convs": 1,
       "strides": (8, 16, 32, 64, 128), "score_thresh": 0.2, "nms_thresh": 0.4, "max_detections_per_image": 7,
@@ -106,8 +107,16 @@ def test_lightning_log_directory(tmp_path):
 
 @pytest.mark.parametrize("change, match", [
     (dict(hp={"detection_arch": "retinanet"}), "unknown detection_arch 'retinanet'"),
-    (dict(hp={"head_type": "fcn"}), "an AutoTimm SemanticSegmentor checkpoint"),
-    (dict(extra_state={"mask_head.conv.weight": torch.zeros(1)}), "an AutoTimm InstanceSegmentor checkpoint"),
+    # recognised by their hyper-parameters / keys (tests/models/test_readers.py reads real ones): an ObjectDetector's
+    # weights do not fit them
+    (dict(hp={"head_type": "fcn"}), r"does not match an AutoTimm SemanticSegmentor \(fcn, 'test_resnet'\)"),
+    (dict(extra_state={"mask_head.conv.weight": torch.zeros(1)}),
+     r"state dict does not match an AutoTimm InstanceSegmentor \('test_resnet'\)"),
+    (dict(hp={"head_type": "unet"}), "unknown head_type 'unet'; AutoTimm's SemanticSegmentor heads are"),
+    (dict(hp={"model_name": "yolox-q"}, extra_state={"neck.x": torch.zeros(1)}),
+     "unknown YOLOXDetector model_name 'yolox-q'; AutoTimm's variants are yolox-nano, yolox-tiny"),
+    (dict(hp={"score_thresh": 1.5}), "hyper_parameters of an AutoTimm ObjectDetector do not make a valid model: "
+                                     "bad thresholds: score 1.5"),
     (dict(hp={"backbone": "resnet_does_not_exist"}), "'resnet_does_not_exist' is not a model timm"),
     (dict(hp={"backbone": "hf-hub:timm/resnet18.a1_in1k"}), "defined on the Hugging Face Hub"),
     (dict(hp={"num_classes": 0}), "num_classes=0 must be a positive integer"),

@@ -20,8 +20,10 @@ from autotimm_deploy.exporters.surgery import apply_decode, static_level_sizes
 from autotimm_deploy.models.decode import decode_outputs, postprocess_outputs
 from autotimm_deploy.models.families import (AUTOTIMM_FCOS, AUTOTIMM_MULTILABEL, AUTOTIMM_YOLOX, FAMILIES,
                                              SEED_FCOS)
-from autotimm_deploy.models.family import Family, Postprocess, Preprocess, RawOutput, family_from_metadata
-from autotimm_deploy.models.io import LoadedModel
+from autotimm_deploy.models.families import family_from_metadata
+from autotimm_deploy.models.family import Family, Postprocess, Preprocess, RawOutput
+from autotimm_deploy.tasks import task_of
+from autotimm_deploy.models.loaded import LoadedModel
 from autotimm_deploy.parity.check import FP16_TOLERANCES, FP32_TOLERANCES, run_parity
 
 PKG = Path(__file__).resolve().parents[2] / "autotimm_deploy"
@@ -32,7 +34,7 @@ def test_every_family_round_trips_through_its_metadata(name):
     fam = FAMILIES[name]
     assert Family.from_dict(json.loads(fam.to_json())) == fam
     assert family_from_metadata({"family": fam.to_json(), "task": "x"}) == fam
-    assert fam.convention_dict()["name"] == fam.convention
+    assert task_of(fam).convention(fam)["name"] == fam.convention
 
 
 def test_metadata_without_a_family_is_the_seed_and_a_bad_one_is_one_error():
@@ -47,8 +49,11 @@ def test_metadata_without_a_family_is_the_seed_and_a_bad_one_is_one_error():
 
 
 def test_declarations_are_checked():
-    with pytest.raises(ValueError, match="one output of each role class_logits, ltrb"):
-        Family("x", "detection", "c", (RawOutput("cls", "class_logits", "num_classes", "sigmoid"),), score=("cls",))
+    with pytest.raises(AutotimmError, match="one output of each role class_logits, ltrb"):  # by the family's task
+        task_of(Family("x", "detection", "c", (RawOutput("cls", "class_logits", "num_classes", "sigmoid"),),
+                       score=("cls",)))
+    with pytest.raises(AutotimmError, match="unknown task 'pose'"):
+        task_of(Family("x", "pose", "c", (RawOutput("kp", "keypoints", "17", "identity"),)))
     with pytest.raises(ValueError, match="score"):
         Family("x", "detection", "c", AUTOTIMM_YOLOX.outputs, score=("ctr",))
     with pytest.raises(ValueError, match="candidates"):

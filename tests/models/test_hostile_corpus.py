@@ -23,6 +23,8 @@ import torch
 from autotimm_deploy import ModelFileError, load_model_file
 from autotimm_deploy.cli import export as export_cli
 
+pytestmark = pytest.mark.system
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -25,7 +25,7 @@ ImageNet mean/std.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import timm
 import torch
@@ -33,9 +33,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..family import Family, Postprocess, Preprocess, RawOutput
+from ..hparams import AutotimmClass, HParams
+from ..loaded import build_and_load
 
 __all__ = ["AUTOTIMM_FCOS", "AUTOTIMM_YOLOX", "AUTOTIMM_CLASSIFIER", "AUTOTIMM_MULTILABEL", "AutotimmFPN",
-           "FCOSHead", "YOLOXHead", "AutotimmDetector", "AutotimmClassifier", "GN_GROUPS"]
+           "FCOSHead", "YOLOXHead", "AutotimmDetector", "AutotimmClassifier", "GN_GROUPS", "AUTOTIMM_CLASS",
+           "build_object_detector", "build_image_classifier"]
 
 #: AutoTimm's heads always use GroupNorm(32, channels): fpn_channels must be a multiple of 32.
 GN_GROUPS = 32
@@ -208,3 +211,46 @@ class AutotimmClassifier(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return self.head.fc(self.backbone(images))
+
+
+def build_object_detector(h: HParams, state: Dict[str, Tensor]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """An AutoTimm ``ObjectDetector`` checkpoint's network: ``backbone``, ``num_classes``, ``detection_arch``
+    (fcos / yolox), ``fpn_channels``, ``head_num_convs``, ``strides``; ``score_thresh``, ``nms_thresh`` and
+    ``max_detections_per_image`` become the family's post-processing defaults."""
+    backbone = h.backbone()
+    num_classes = h.int("num_classes", required=True)
+    arch = h.get("detection_arch", "fcos")
+    if arch not in ("fcos", "yolox"):
+        raise h.error(f"unknown detection_arch {arch!r}; autotimm-deploy knows 'fcos' and 'yolox'")
+    strides = h.strides()
+    config = {"backbone": backbone, "num_classes": num_classes, "detection_arch": arch,
+              "fpn_channels": h.int("fpn_channels", 256), "head_num_convs": h.int("head_num_convs", 4),
+              "strides": strides}
+    model = build_and_load(h.path, lambda: AutotimmDetector(**config), state,
+                           f"an AutoTimm {arch.upper()} ObjectDetector ({backbone!r})")
+    model.family = model.family.with_postprocess(
+        score_thresh=h.float("score_thresh", 0.05), iou_thresh=h.float("nms_thresh", 0.5),
+        max_detections=h.int("max_detections_per_image", 100))
+    return model, config
+
+
+def build_image_classifier(h: HParams, state: Dict[str, Tensor]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """An AutoTimm ``ImageClassifier`` checkpoint's network: ``backbone``, ``num_classes``, ``multi_label``."""
+    backbone = h.backbone()
+    config = {"backbone": backbone, "num_classes": h.int("num_classes", required=True),
+              "multi_label": h.bool("multi_label", False)}
+    model = build_and_load(h.path, lambda: AutotimmClassifier(**config), state,
+                           f"an AutoTimm ImageClassifier ({backbone!r})")
+    return model, config
+
+
+#: The AutoTimm classes this module rebuilds, in matching order: ObjectDetector (``detection_arch`` or an FPN),
+#: then ImageClassifier (``multi_label`` or a ``head.fc``).
+AUTOTIMM_CLASS = (
+    AutotimmClass("ObjectDetector", "detection",
+                  matches=lambda hp, state: "detection_arch" in hp or any(k.startswith("fpn.") for k in state),
+                  build=build_object_detector, description="timm features + FPN + FCOS or YOLOX head"),
+    AutotimmClass("ImageClassifier", "classification",
+                  matches=lambda hp, state: "multi_label" in hp or "head.fc.weight" in state,
+                  build=build_image_classifier, description="headless timm backbone + linear head"),
+)
