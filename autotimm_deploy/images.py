@@ -1,5 +1,6 @@
 """Images into the network: loading (displayed orientation, 8-bit RGB) and the resize a model family declares
-(letterbox or resize + centre crop), with where each image went so boxes map back to its pixels."""
+(letterbox, resize + centre crop, or a plain stretch), with where each image went so boxes and masks map back to
+its pixels."""
 
 from __future__ import annotations
 
@@ -9,27 +10,57 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from ..errors import AutotimmError
-from ..models.family import Preprocess
+from .errors import AutotimmError
+from .models.family import Preprocess
 
-__all__ = ["ImageLike", "Letterbox", "load_image", "letterbox_images"]
+__all__ = ["ImageLike", "Letterbox", "LETTERBOX_FIELDS", "load_image", "letterbox_images"]
 
 
 @dataclass
 class Letterbox:
-    """How an image was placed in the network input: ``x_net = x_img * scale + (pad_x, pad_y)``."""
+    """How an image was placed in the network input: ``x_net = x_img * scale + pad_x`` and
+    ``y_net = y_img * scale_y + pad_y`` (``scale_y`` is ``scale`` except for a stretch, which does not keep the
+    aspect ratio)."""
 
     scale: float
     width: int  # original image size
     height: int
     pad_x: float = 0.0
     pad_y: float = 0.0
+    scale_y: Optional[float] = None  # None: the same as scale
+
+    @property
+    def sy(self) -> float:
+        return self.scale if self.scale_y is None else self.scale_y
 
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
-        out = (boxes - np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32)) / self.scale
+        """Boxes (n, 4) xyxy from network-input pixels to the original image's, clipped to it."""
+        out = ((boxes - np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32))
+               / np.array([self.scale, self.sy, self.scale, self.sy], np.float32))
         out[:, 0::2] = out[:, 0::2].clip(0, self.width)
         out[:, 1::2] = out[:, 1::2].clip(0, self.height)
         return out
+
+    def image_grid(self) -> Tuple[np.ndarray, np.ndarray]:
+        """For every pixel of the original image, the network-input pixel its centre falls in (rows (H,), cols (W,),
+        clipped to the padded area's extent by the caller): what a per-pixel network output (a label map) is
+        sampled at to come back to image pixels (nearest)."""
+        ys = (np.arange(self.height, dtype=np.float64) + 0.5) * self.sy + self.pad_y
+        xs = (np.arange(self.width, dtype=np.float64) + 0.5) * self.scale + self.pad_x
+        return np.floor(ys).astype(np.int64), np.floor(xs).astype(np.int64)
+
+    def row(self) -> List[float]:
+        """As one row of floats (:data:`LETTERBOX_FIELDS`), e.g. a tensor between Triton steps."""
+        return [self.scale, self.width, self.height, self.pad_x, self.pad_y, self.sy]
+
+    @classmethod
+    def from_row(cls, row) -> "Letterbox":
+        scale, width, height, pad_x, pad_y, sy = (float(v) for v in row)
+        return cls(scale, int(round(width)), int(round(height)), pad_x, pad_y, None if sy == scale else sy)
+
+
+#: The fields of :meth:`Letterbox.row`.
+LETTERBOX_FIELDS = ("scale", "width", "height", "pad_x", "pad_y", "scale_y")
 
 
 ImageLike = Union[np.ndarray, str, Path, "PIL.Image.Image"]  # noqa: F821
@@ -109,6 +140,9 @@ def letterbox_images(images: Sequence[np.ndarray], size: Tuple[int, int], mean: 
             nh, nw = (int(short * h / w), short) if w <= h else (short, int(short * w / h))
             scale = short / min(h, w)
             px, py = -int(round((nw - tw) / 2.0)), -int(round((nh - th) / 2.0))
+        elif pre.resize == "stretch":  # albumentations' Resize(H, W): AutoTimm's segmentation eval
+            nh, nw, px, py = th, tw, 0, 0
+            scale = tw / w
         else:
             scale = min(th / h, tw / w)
             nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -120,7 +154,7 @@ def letterbox_images(images: Sequence[np.ndarray], size: Tuple[int, int], mean: 
         ye, xe = min(py + nh, th), min(px + nw, tw)
         canvas[ys:ye, xs:xe] = resized[ys - py:ye - py, xs - px:xe - px].astype(np.float32) / 255.0
         batch[k] = ((canvas - mean) / std).transpose(2, 0, 1)
-        boxes.append(Letterbox(scale, w, h, px, py))
+        boxes.append(Letterbox(scale, w, h, px, py, th / h if pre.resize == "stretch" and th / h != scale else None))
     return batch, boxes
 
 

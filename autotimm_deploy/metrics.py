@@ -8,7 +8,7 @@ from typing import Dict, Sequence
 
 import numpy as np
 
-__all__ = ["coco_map", "top1_accuracy"]
+__all__ = ["coco_map", "coco_mask_map", "top1_accuracy"]
 
 
 def coco_map(
@@ -53,6 +53,62 @@ def coco_map(
             return {"map50": 0.0, "map": 0.0}
         dt_api = gt_api.loadRes(dets)
         ev = COCOeval(gt_api, dt_api, iouType="bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return {"map": round(float(max(ev.stats[0], 0.0)), 6), "map50": round(float(max(ev.stats[1], 0.0)), 6)}
+
+
+def coco_mask_map(predictions: Sequence[Dict[str, np.ndarray]], ground_truth: Sequence[Dict],
+                  sizes: Sequence[Sequence[int]], num_classes: int) -> Dict[str, float]:
+    """Mask mAP@0.5 and mAP@0.5:0.95 with pycocotools' ``segm`` evaluator.
+
+    ``predictions[k]``: ``masks`` (n, H, W) bool, ``scores``, ``labels``; ``ground_truth[k]``: ``masks`` (COCO
+    segmentations: polygons, RLE or bool arrays) and ``labels``; ``sizes[k]``: (H, W) of image k.
+
+    >>> m = np.zeros((1, 8, 8), bool); m[0, 2:6, 2:6] = True
+    >>> coco_mask_map([{"masks": m, "scores": np.array([0.9]), "labels": np.array([0])}],
+    ...               [{"masks": [[[2, 2, 6, 2, 6, 6, 2, 6]]], "labels": np.array([0])}], [(8, 8)], 1)["map50"]
+    1.0
+    """
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if len(predictions) != len(ground_truth):
+        raise ValueError(f"{len(predictions)} predictions for {len(ground_truth)} ground-truth images")
+    images, anns, dets = [], [], []
+
+    def to_rle(seg, h, w):
+        if isinstance(seg, np.ndarray):
+            r = mask_utils.encode(np.asfortranarray(seg.astype(np.uint8)))
+        elif isinstance(seg, list):  # polygons
+            r = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+        elif isinstance(seg.get("counts"), list):  # uncompressed RLE
+            r = mask_utils.frPyObjects(seg, h, w)
+        else:
+            r = dict(seg, counts=seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"])
+        return r
+
+    for k, (pr, gt, (h, w)) in enumerate(zip(predictions, ground_truth, sizes)):
+        images.append({"id": k, "height": int(h), "width": int(w)})
+        for seg, l in zip(gt["masks"] or [], np.asarray(gt["labels"]).reshape(-1)):
+            r = to_rle(seg, h, w)
+            anns.append({"id": len(anns) + 1, "image_id": k, "category_id": int(l), "segmentation": r,
+                         "area": float(mask_utils.area(r)), "bbox": [float(v) for v in mask_utils.toBbox(r)],
+                         "iscrowd": 0})
+        for m, s, l in zip(pr["masks"], np.asarray(pr["scores"]).reshape(-1), np.asarray(pr["labels"]).reshape(-1)):
+            r = to_rle(np.asarray(m, bool), h, w)
+            dets.append({"image_id": k, "category_id": int(l), "segmentation": r, "score": float(s)})
+    if not anns:
+        raise ValueError("ground truth holds no instance masks: mask mAP is undefined")
+    gt_api = COCO()
+    gt_api.dataset = {"images": images, "annotations": anns, "categories": [{"id": c} for c in range(num_classes)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt_api.createIndex()
+        if not dets:
+            return {"map50": 0.0, "map": 0.0}
+        ev = COCOeval(gt_api, gt_api.loadRes(dets), iouType="segm")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()

@@ -93,7 +93,8 @@ class TorchBackend(Backend):
     head outputs (or ``logits``), decoded by the same post-processing as every other backend."""
 
     def __init__(self, model_path: str | Path, decode_mode: str = "raw", overrides=None):
-        from ..models.io import ModelOverrides, load_model_file
+        from ..models.overrides import ModelOverrides
+        from ..models.readers import load_model_file
 
         self.path = Path(model_path)
         self.overrides = overrides if isinstance(overrides, ModelOverrides) else ModelOverrides.from_dict(overrides)
@@ -104,17 +105,36 @@ class TorchBackend(Backend):
     def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         import torch
 
-        from ..parity.runners import reference_outputs
+        from ..tasks import task_of
 
         start = time.perf_counter()
-        out = reference_outputs(self.loaded.model, torch.from_numpy(np.ascontiguousarray(feed[self.input_name],
-                                                                                         dtype=np.float32)),
-                                self.decode_mode)
+        images = torch.from_numpy(np.ascontiguousarray(feed[self.input_name], dtype=np.float32))
+        model = self.loaded.model
+        with torch.no_grad():
+            forward = model(images)
+        out = task_of(model.family).reference(model, forward, tuple(images.shape[-2:]), self.decode_mode, None)
         self.last_inference_s = time.perf_counter() - start
         return out
 
     def clone(self) -> "TorchBackend":
         return TorchBackend(self.path, self.decode_mode, self.overrides)
+
+
+class TorchNetworkBackend(Backend):
+    """An extra network of a model's task (instance segmentation's mask head) in PyTorch: the reference."""
+
+    def __init__(self, model, name: str):
+        from ..tasks import task_of
+
+        self.task = task_of(model.family)
+        self.module = self.task.network(model, name).eval()
+        self.name = f"pytorch {name} network"
+
+    def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        start = time.perf_counter()
+        out = self.task.network_reference(self.module, feed)
+        self.last_inference_s = time.perf_counter() - start
+        return out
 
 
 class EngineBackend(Backend):

@@ -13,7 +13,7 @@ node and op that failed.
 >>> from autotimm_deploy.engines.library import import_library
 >>> from autotimm_deploy.engines.build import BuildConfig, engine_from_onnx, static_profile
 >>> from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
->>> from autotimm_deploy.models.io import load_model_file
+>>> from autotimm_deploy.models.readers import load_model_file
 >>> from autotimm_deploy.demo import demo_model_path
 >>> d = pathlib.Path(tempfile.mkdtemp())
 >>> _ = (d / "m.onnx").write_bytes(export_onnx(load_model_file(demo_model_path("classifier")),

@@ -22,16 +22,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ..errors import AutotimmError, EngineIncompatible
-from ..models.family import Family, family_from_metadata
-from .backends import Backend, EngineBackend, OnnxRuntimeBackend, TorchBackend, onnxruntime_providers
-from .images import ImageLike, Letterbox, letterbox_images, load_image
+from ..artifact import ArtifactInfo
+from ..images import ImageLike, Letterbox, letterbox_images, load_image
+from ..tasks import get_task
+from ..tasks.classification import Classification, probabilities
+from ..tasks.detection import Detections
+from .backends import (Backend, EngineBackend, OnnxRuntimeBackend, TorchBackend, TorchNetworkBackend,
+                       onnxruntime_providers)
 
 __all__ = ["ArtifactInfo", "Detections", "Classification", "Predictor", "load", "load_image", "Letterbox",
            "letterbox_images", "probabilities"]
@@ -39,87 +42,13 @@ __all__ = ["ArtifactInfo", "Detections", "Classification", "Predictor", "load", 
 BACKENDS = ("auto", "tensorrt", "onnxruntime", "pytorch")
 
 
-@dataclass
-class ArtifactInfo:
-    """What a runtime needs to know about a model, read from the artifact's metadata."""
-
-    task: str
-    class_names: List[str]
-    input_size: Tuple[int, int]
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
-    decode: str = "raw"
-    strides: Tuple[int, ...] = ()
-    batch: Tuple[int, int] = (1, 1 << 30)  # min, max
-    dynamic_hw: bool = False
-    hw_range: Optional[Tuple[Tuple[int, int], Tuple[int, int]]] = None
-    family: Optional[Family] = None  # None: the seed's family for the task
-    overrides: Dict = field(default_factory=dict)  # what the export was told that the model file does not record
-
-    def __post_init__(self) -> None:
-        if self.family is None:
-            self.family = family_from_metadata({"task": self.task})
-
-    @classmethod
-    def from_metadata(cls, meta: Dict[str, str], batch: Tuple[int, int] = (1, 1 << 30),
-                      hw_range=None) -> "ArtifactInfo":
-        """From ONNX ``metadata_props`` (as written by autotimm-export) or an engine sidecar's ``model``."""
-        j = lambda k, d=None: json.loads(meta[k]) if k in meta else d
-        if "task" not in meta:
-            raise AutotimmError("the artifact has no autotimm-deploy metadata (task, input size, mean/std); "
-                                "export it with autotimm-export")
-        num = int(meta.get("num_classes", 0))
-        return cls(task=meta["task"], class_names=j("class_names") or [f"class_{i}" for i in range(num)],
-                   input_size=tuple(j("input_size")), mean=tuple(j("mean")), std=tuple(j("std")),
-                   decode=meta.get("decode", "raw"), strides=tuple(j("strides", [])), batch=batch,
-                   dynamic_hw=bool(j("dynamic_hw", False)), hw_range=hw_range, family=family_from_metadata(meta),
-                   overrides=j("overrides", {}))
-
-
-@dataclass
-class Detections:
-    boxes: np.ndarray  # (n, 4) xyxy in original image pixels
-    scores: np.ndarray
-    labels: np.ndarray
-    class_names: List[str]
-    width: int
-    height: int
-
-    def to_dict(self) -> Dict:
-        return {"width": self.width, "height": self.height,
-                "detections": [{"box": [round(float(v), 3) for v in b], "score": round(float(s), 6), "label": int(l),
-                                "class_name": n}
-                               for b, s, l, n in zip(self.boxes, self.scores, self.labels, self.class_names)]}
-
-
-@dataclass
-class Classification:
-    probs: np.ndarray  # (num_classes,)
-    class_names: List[str] = field(default_factory=list)
-
-    def top(self, k: int = 5) -> List[Tuple[str, float]]:
-        idx = np.argsort(-self.probs)[:k]
-        return [(self.class_names[i], float(self.probs[i])) for i in idx]
-
-    def to_dict(self) -> Dict:
-        return {"top": [{"class_name": n, "prob": round(p, 6)} for n, p in self.top(5)],
-                "probs": [round(float(p), 6) for p in self.probs]}
-
-
-def probabilities(logits: np.ndarray, family: Family) -> np.ndarray:
-    """A classifier's probabilities (B, C) from its logits, by the family's activation (softmax or sigmoid)."""
-    x = np.asarray(logits, np.float64)
-    if family.output("logits").activation == "sigmoid":
-        return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
-    e = np.exp(x - x.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
 class Predictor:
     """A backend plus the pre/post-processing its metadata describes."""
 
-    def __init__(self, backend: Backend, info: ArtifactInfo, source: str = "", why: str = "") -> None:
+    def __init__(self, backend: Backend, info: ArtifactInfo, source: str = "", why: str = "",
+                 networks: Optional[Dict[str, Backend]] = None) -> None:
         self.backend, self.info, self.source, self.why = backend, info, source, why
+        self.networks = dict(networks or {})  # the task's extra networks (instance segmentation's mask head)
 
     def infer(self, feed: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         return self.backend.infer(feed)
@@ -145,23 +74,23 @@ class Predictor:
 
     def predict(self, images: Union[ImageLike, Sequence[ImageLike]], score_thresh: Optional[float] = None,
                 iou_thresh: Optional[float] = None, max_detections: Optional[int] = None,
-                class_agnostic: bool = False, resize: str = "fit") -> List[Union[Detections, Classification]]:
+                class_agnostic: bool = False, resize: str = "fit") -> List:
         """Run on one image or a list; returns one result per image, in order.  Thresholds left ``None`` are
         the model's own (``info.family.postprocess``: an AutoTimm checkpoint's score/NMS thresholds and
-        maximum detections; 0.05 / 0.6 / 100 for the seed's models).
+        maximum detections; 0.05 / 0.6 / 100 for the seed's models).  The result type is the task's
+        (:class:`~autotimm_deploy.tasks.detection.Detections`, :class:`~autotimm_deploy.tasks.classification.Classification`, ...).
 
         ``resize``: ``fit`` (default, the same for every backend, so an engine, an ONNX and the model file give
         the same detections on the same image): resized into the model's input size as its family declares;
         ``native``: at the image's own resolution (padded to a stride multiple) where the artifact takes
         dynamic H/W (``--dynamic-hw`` exports and model files) and the size fits its profile."""
-        from ..models.decode import postprocess_outputs
-
         if resize not in ("fit", "native"):
             raise AutotimmError(f"resize must be 'fit' or 'native', got {resize!r}")
         if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "convert"):
             images = [images]
         arrays = [load_image(im) for im in images]
         lo, hi = self.info.batch
+        task = get_task(self.info.task)
         groups: Dict[Tuple[int, int], List[int]] = {}
         for i, a in enumerate(arrays):
             groups.setdefault(self._target_size(*a.shape[:2], resize), []).append(i)
@@ -174,17 +103,11 @@ class Predictor:
                 if n < lo:  # static or minimum batch: pad with copies, drop their outputs
                     batch = np.concatenate([batch] + [batch[-1:]] * (lo - n))
                 out = self.backend.infer({self.backend.input_name: batch})
-                if self.info.task == "classification":
-                    for i, p in zip(chunk, probabilities(np.asarray(out["logits"])[:n], self.info.family)):
-                        results[i] = Classification(p, list(self.info.class_names))
-                    continue
                 out = {k: np.asarray(v)[:n] for k, v in out.items()}
-                dets = postprocess_outputs(out, self.info.decode, self.info.strides, size, score_thresh, iou_thresh,
-                                           max_detections, class_agnostic, family=self.info.family)
-                for i, d, lb in zip(chunk, dets, boxes):
-                    names = [self.info.class_names[int(l)] for l in d["labels"]]
-                    results[i] = Detections(lb.to_image(d["boxes"].astype(np.float32)), d["scores"], d["labels"],
-                                            names, lb.width, lb.height)
+                for i, r in zip(chunk, task.postprocess(out, self.info, size, boxes, score_thresh=score_thresh,
+                                                        iou_thresh=iou_thresh, max_detections=max_detections,
+                                                        class_agnostic=class_agnostic, networks=self.networks)):
+                    results[i] = r
         return results
 
     def _with(self, source: str, why: str) -> "Predictor":
@@ -220,6 +143,21 @@ def _model_file_info(backend: TorchBackend) -> ArtifactInfo:
     return ArtifactInfo(loaded.task, list(meta["class_names"]), tuple(size), tuple(meta["mean"]), tuple(meta["std"]),
                         "raw", strides, dynamic_hw=True, family=loaded.family,  # PyTorch takes any size
                         overrides=meta.get("overrides", {}))
+
+
+def _sibling_networks(path: Path, info: ArtifactInfo, make) -> Dict[str, Backend]:
+    """The task's extra networks beside a main network's file (``mask.fp16.onnx`` beside ``model.fp16.onnx``...);
+    a task that needs one that is not there is an error naming it."""
+    from .. import layout
+
+    nets = {}
+    for name in get_task(info.task).extra_networks:
+        found = [path.parent / f for f in layout.siblings(path.name, name) if (path.parent / f).exists()]
+        if not found:
+            raise AutotimmError(f"{path}: a {info.task} model needs its {name} network beside it "
+                                f"({' or '.join(layout.siblings(path.name, name))}): load the export directory")
+        nets[name] = make(found[0])
+    return nets
 
 
 def _source_model(export_dir: Path, source: Dict) -> Path:
@@ -309,16 +247,22 @@ def load(path: str | Path, backend: str = "auto", precision: Optional[str] = Non
         if backend not in ("auto", "tensorrt"):
             raise AutotimmError(f"{path} is an engine: use backend tensorrt (or auto)")
         be = EngineBackend(path, cuda_graphs=cuda_graphs, allow_host_code=allow_host_code)
-        return Predictor(be, _engine_info(be.sidecar), str(path), "engine")
+        info = _engine_info(be.sidecar)
+        nets = _sibling_networks(path, info, lambda p: EngineBackend(p, cuda_graphs, allow_host_code))
+        return Predictor(be, info, str(path), "engine", nets)
     if suffix == ".onnx":
         if backend not in ("auto", "onnxruntime"):
             raise AutotimmError(f"{path} is an ONNX file: use backend onnxruntime (or auto)")
         be = OnnxRuntimeBackend(path, providers)
-        return Predictor(be, _onnx_info(path), str(path), "ONNX Runtime")
+        info = _onnx_info(path)
+        return Predictor(be, info, str(path), "ONNX Runtime",
+                         _sibling_networks(path, info, lambda p: OnnxRuntimeBackend(p, providers)))
     if model_file or checkpoint_dir:
         if backend not in ("auto", "pytorch"):
             raise AutotimmError(f"{path} is a model file: use backend pytorch (or auto)")
         be = TorchBackend(path, overrides=overrides)
-        return Predictor(be, _model_file_info(be), str(path), "PyTorch reference")
+        task = get_task(be.loaded.family.task)
+        nets = {name: TorchNetworkBackend(be.loaded.model, name) for name in task.extra_networks}
+        return Predictor(be, _model_file_info(be), str(path), "PyTorch reference", nets)
     raise AutotimmError(f"{path}: unknown artifact type {suffix!r}; expected an export directory, manifest.json, "
                         ".engine, .onnx, .pt, .safetensors or an AutoTimm .ckpt")

@@ -57,16 +57,14 @@ class ProbeResult:
 
 def _check_one(path: Path, allow_host_code: bool) -> dict:
     """In the child: every check, the library's last."""
-    from .load import check_engine, engine_runnable
+    from .checks import check_engine, deserialize, engine_runnable
 
     try:
         sidecar = check_engine(path)
         ok, why = engine_runnable(sidecar)
         if not ok:
             return {"ok": False, "error_type": "EngineIncompatible", "message": f"{path}: cannot run here: {why}"}
-        from .load import _deserialize
-
-        _deserialize(path, sidecar, allow_host_code)
+        deserialize(path, sidecar, allow_host_code)
         return {"ok": True, "library_checked": True}
     except errors.EngineError as exc:
         return {"ok": False, "error_type": type(exc).__name__, "message": str(exc), "log": list(exc.log),

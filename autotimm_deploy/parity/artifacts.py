@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from .. import layout
 from ..errors import AutotimmError, ParityError
 
 __all__ = ["Artifact", "resolve_artifacts"]
@@ -29,6 +30,14 @@ class Artifact:
     @property
     def label(self) -> str:
         return f"{self.kind.upper() if self.kind == 'onnx' else 'engine'} {self.precision.upper()}"
+
+    def networks(self, providers: Sequence[str]) -> Dict[str, Any]:
+        """The task's extra networks beside this artifact (runtime backends), as the runtime loads them."""
+        from ..engines.backends import EngineBackend, OnnxRuntimeBackend
+        from ..engines.predictor import _sibling_networks
+
+        make = (lambda p: EngineBackend(p)) if self.kind == "engine" else (lambda p: OnnxRuntimeBackend(p, providers))
+        return _sibling_networks(self.path, self.info, make)
 
     def runner(self, providers: Sequence[str]):
         from .runners import BackendRunner
@@ -91,7 +100,7 @@ def resolve_artifacts(paths: Sequence[str | Path]) -> List[Artifact]:
                 arts = json.loads(man.read_text())["artifacts"]
             except (json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise ParityError(f"{man}: not an autotimm-export manifest ({exc})") from None
-            files = [man.parent / a["file"] for a in arts if a.get("role") in ("onnx", "onnx-fp16", "onnx-int8", "onnx-int8-cpu", "engine")]
+            files = [man.parent / a["file"] for a in arts if a.get("role") in layout.checked_roles()]
             out += resolve_artifacts(files)
         elif not p.is_file():
             raise ParityError(f"{p}: no such artifact file")

@@ -12,7 +12,7 @@ import torch
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from ..models.decode import activate, decode_outputs, raw_outputs
+from ..tasks import task_of
 
 __all__ = ["TorchRunner", "BackendRunner", "reference_outputs", "reference_from_forward", "cache_key"]
 
@@ -32,25 +32,7 @@ def reference_outputs(model: torch.nn.Module, images: torch.Tensor, decode_mode:
 def reference_from_forward(model: torch.nn.Module, out, image_hw, decode_mode: str = "raw",
                            topk: Optional[int] = None) -> "OrderedDict[str, np.ndarray]":
     """:func:`reference_outputs` from the model's forward output ``out`` on images of size ``image_hw``."""
-    family = model.family
-    if family.task == "classification":
-        return OrderedDict(logits=out.numpy())
-    raw = raw_outputs(family, out)
-    levels = len(model.strides)
-    if decode_mode in ("raw", "activations"):
-        act = (lambda o, t: t) if decode_mode == "raw" else activate
-        return OrderedDict(zip(family.output_names(levels),
-                               [act(o, t).numpy() for o in family.outputs for t in raw[o.key]]))
-    boxes, scores = decode_outputs(family, raw, model.strides, tuple(image_hw))
-    if topk is None:
-        return OrderedDict(boxes=boxes.numpy(), scores=scores.numpy())
-    k = min(topk, scores.shape[1])
-    idx = scores.max(dim=2).values.topk(k, dim=1).indices
-    return OrderedDict(
-        boxes=torch.gather(boxes, 1, idx[..., None].expand(-1, -1, 4)).numpy(),
-        scores=torch.gather(scores, 1, idx[..., None].expand(-1, -1, scores.shape[2])).numpy(),
-        indices=idx.numpy(),
-    )
+    return task_of(model.family).reference(model, out, tuple(image_hw), decode_mode, topk)
 
 
 def cache_key(model: torch.nn.Module, decode_mode: str, topk: Optional[int], images: np.ndarray) -> tuple:
@@ -67,13 +49,17 @@ class TorchRunner(BaseRunner):
     """
 
     def __init__(self, model: torch.nn.Module, decode_mode: str = "raw", topk: Optional[int] = None,
-                 name: Optional[str] = None, cache: Optional[dict] = None) -> None:
+                 name: Optional[str] = None, cache: Optional[dict] = None,
+                 reference: Optional[Callable[[Dict[str, np.ndarray]], Dict[str, np.ndarray]]] = None,
+                 inputs: Optional[Dict[str, np.ndarray]] = None) -> None:
         super().__init__(name=name, prefix="pytorch-runner")
         self.model = model.eval()
         self.decode_mode = decode_mode
         self.topk = topk
         self.cache = cache  # shared between parity runs of several artifacts: the reference runs once per input
         self.progress: Optional[Callable[[str], None]] = None  # called before each input, with a note on reuse
+        self.reference = reference  # another network of the model (its task's): feed -> outputs, not cached
+        self.inputs = inputs  # that network's example feed (names, dtypes)
 
     def activate_impl(self):
         pass
@@ -82,9 +68,21 @@ class TorchRunner(BaseRunner):
         pass
 
     def get_input_metadata_impl(self):
+        if self.inputs is not None:
+            meta = TensorMetadata()
+            for k, v in self.inputs.items():
+                meta.add(k, dtype=np.asarray(v).dtype, shape=(-1,) * np.asarray(v).ndim)
+            return meta
         return TensorMetadata().add("images", dtype=np.float32, shape=(-1, 3, -1, -1))
 
     def infer_impl(self, feed_dict: Dict[str, np.ndarray]):
+        if self.reference is not None:
+            if self.progress is not None:
+                self.progress()
+            start = time.perf_counter()
+            out = self.reference(feed_dict)
+            self.inference_time = time.perf_counter() - start
+            return out
         arr = np.ascontiguousarray(feed_dict["images"], dtype=np.float32)
         key = None
         if self.cache is not None:

@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from ..errors import ParityError
-from .matching import FALLBACK_TOP_K
 from .artifacts import Artifact, resolve_artifacts  # noqa: F401 (re-exported)
 from .thresholds import DEFAULT_THRESHOLDS, DetectionRule, TaskRule, Thresholds, load_thresholds  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:  # the model-file side is imported when checking (it pulls in torch and timm)
-    from ..models.io import LoadedModel, ModelOverrides
+    from ..models.loaded import LoadedModel
+    from ..models.overrides import ModelOverrides
 
 __all__ = ["DetectionRule", "TaskRule", "Thresholds", "DEFAULT_THRESHOLDS", "load_thresholds", "Artifact",
            "resolve_artifacts", "LevelResult", "ArtifactResult", "SuiteResult", "check_artifacts", "LEVELS"]
@@ -128,7 +128,7 @@ def _batch_size(want: int, info) -> int:
 
 
 def _data_feeds(images: List[np.ndarray], info, size: Tuple[int, int], batch: int) -> _Feeds:
-    from ..engines.predictor import letterbox_images
+    from ..images import letterbox_images
 
     b = _batch_size(batch, info)
     f = _Feeds([], [], [], [])
@@ -190,28 +190,13 @@ def _tensor_level(report, seconds: float) -> LevelResult:
     return LevelResult("tensor", "fail", msg or "Polygraphy's comparator reported a mismatch", seconds, details)
 
 
-def _detection_level(report, rule: DetectionRule, tensor: LevelResult) -> LevelResult:
-    d = report.detections
-    details = {**asdict(d), "matched_fraction": d.matched_fraction, "rule": asdict(rule)}
-    if d.status == "not informative":  # never a pass: said as such, and a failure under --strict
-        return LevelResult("detection", "skipped", "not informative: PyTorch gave no detection and no candidate on "
-                                                   "these inputs: nothing to match", 0.0, details)
-    frac = d.matched_fraction
-    ok = frac >= rule.min_match and d.max_score_diff <= rule.max_score_diff
-    what = (f"PyTorch detections (score >= {rule.score_thresh})" if d.basis == "threshold" else
-            f"of PyTorch's top candidates (none scored >= {rule.score_thresh}: the best {FALLBACK_TOP_K} per image)")
-    text = (f"{d.matched}/{d.reference} {what} matched by class and "
-            f"IoU >= {rule.iou} ({frac:.1%}, need {rule.min_match:.0%}); max score difference {d.max_score_diff:.3g} "
-            f"(limit {rule.max_score_diff:g})")
-    if ok:
-        return LevelResult("detection", "pass", text, 0.0, details)
-    hints = []
-    if d.matched < d.reference and d.unmatched_best_iou is not None:
-        hints.append(f"unmatched detections' best same-class IoU: median {d.unmatched_best_iou:.2f}")
-    failing = [o["name"] for o in tensor.details.get("outputs", []) if not o["passed"]]
-    if failing:
-        hints.append("outputs out of tolerance: " + ", ".join(failing))
-    return LevelResult("detection", "fail", text + (" — " + "; ".join(hints) if hints else ""), 0.0, details)
+def _agreement_level(report) -> LevelResult:
+    """The task's agreement level, as :func:`~.check.run_parity` judged it (the export's verdict too); a failure
+    names the outputs out of tolerance."""
+    a = report.agreement
+    failing = [o.name for o in report.outputs if not o.passed]
+    hint = f"; outputs out of tolerance: {', '.join(failing)}" if a.status == "fail" and failing else ""
+    return LevelResult(a.level, a.status, a.message + hint, 0.0, a.details)
 
 
 def _finite(out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
@@ -219,72 +204,70 @@ def _finite(out: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
                 if np.asarray(v).dtype.kind == "f" else np.asarray(v)) for k, v in out.items()}
 
 
-def _detections(results, feeds: _Feeds, art: Artifact, rule: TaskRule) -> List[Dict[str, np.ndarray]]:
-    from ..models.decode import postprocess_outputs
-
-    preds: List[Dict[str, np.ndarray]] = []
+def _predictions(task, results, feeds: _Feeds, art: Artifact, rule: TaskRule, networks) -> List:
+    """The task's results per sample in image pixels, with the task rule's post-processing (detectors: COCO
+    practice, a low score threshold); ``networks``: the task's extra networks for this side."""
+    preds: List = []
     for res, (_, feed), n, boxes in zip(results, feeds.feeds, feeds.valid, feeds.letterboxes):
         size = tuple(feed["images"].shape[-2:])
         out = {k: v[:n] for k, v in _finite(res).items()}
-        for d, lb in zip(postprocess_outputs(out, art.info.decode, art.info.strides, size, rule.score_thresh,
-                                             rule.nms_iou, rule.max_detections, family=art.info.family), boxes):
-            preds.append({"boxes": lb.to_image(d["boxes"].astype(np.float32)), "scores": d["scores"],
-                          "labels": d["labels"]})
+        preds += task.postprocess(out, art.info, size, boxes, score_thresh=rule.score_thresh, iou_thresh=rule.nms_iou,
+                                  max_detections=rule.max_detections, networks=networks)
     return preds
 
 
 def _task_level(report, feeds: _Feeds, art: Artifact, dataset, rule: TaskRule, num_classes: int,
-                result: ArtifactResult) -> LevelResult:
-    from ..metrics import coco_map
+                result: ArtifactResult, model, providers) -> LevelResult:
+    from ..engines.backends import TorchNetworkBackend
+    from ..tasks import get_task
 
+    task = get_task(art.info.task)
     if dataset is None:
         return LevelResult("task", "skipped", "task metrics need real images: pass --data DIR (an annotated folder "
-                                              "for mAP / accuracy)")
+                                              "for the task metric)")
     t = time.time()
     ref_res, art_res = report.results
-    if art.info.task == "detection":
-        if not dataset.annotated:
-            return LevelResult("task", "skipped", f"{dataset.root} has no annotations (COCO JSON, per-image JSON or "
-                                                  "CSV): mAP cannot be computed")
-        gts = [{"boxes": s.boxes, "labels": s.labels} for s in dataset.samples]
-        try:
-            ref = coco_map(_detections(ref_res, feeds, art, rule), gts, num_classes)
-            got = coco_map(_detections(art_res, feeds, art, rule), gts, num_classes)
-        except ValueError as exc:
-            return LevelResult("task", "skipped", f"mAP cannot be computed: {exc}")
-        result.metrics, result.reference_metrics = got, ref
-        tol = rule.map_points / 100
-        ok = all(got[k] >= ref[k] - tol for k in ("map", "map50"))
-        msg = (f"mAP@0.5:0.95 {100 * got['map']:.2f} vs PyTorch {100 * ref['map']:.2f} "
-               f"(delta {100 * (got['map'] - ref['map']):+.2f}), mAP@0.5 {100 * got['map50']:.2f} vs "
-               f"{100 * ref['map50']:.2f} (delta {100 * (got['map50'] - ref['map50']):+.2f}); "
-               f"allowed drop {rule.map_points:g} points on {len(gts)} images")
-        details = {"artifact": got, "pytorch": ref, "allowed_drop_points": rule.map_points, "images": len(gts)}
-        if not ok:
-            failing = [o["name"] for o in report_outputs(report) if not o["passed"]]
-            if failing:
-                msg += f" — outputs out of tolerance: {', '.join(failing)}"
-        return LevelResult("task", "pass" if ok else "fail", msg, round(time.time() - t, 3), details)
-    # classification
-    take = lambda res: np.concatenate([np.asarray(r["logits"])[:n] for r, n in zip(res, feeds.valid)])
-    ref_l, art_l = take(ref_res), np.nan_to_num(take(art_res), nan=-np.inf)
-    ref_top, art_top = ref_l.argmax(1), art_l.argmax(1)
-    agree = float((ref_top == art_top).mean())
-    got, ref = {"top1_agreement": agree}, {}
-    ok = agree >= rule.min_agreement
-    msg = (f"top-1 agreement with PyTorch {agree:.2%} ({int((ref_top != art_top).sum())} of {len(ref_top)} images "
-           f"differ; need {rule.min_agreement:.1%})")
+    ref_nets = {name: TorchNetworkBackend(model, name) for name in task.extra_networks}
+    art_nets = art.networks(providers) if task.extra_networks else {}
+    ref_p = _predictions(task, ref_res, feeds, art, rule, ref_nets)
+    art_p = _predictions(task, art_res, feeds, art, rule, art_nets)
+    checks = task.prediction_agreement(ref_p, art_p, rule)  # e.g. classifiers' top-1 agreement: needs no labels
+    got, ref = dict(checks.get("metrics", {})), {}
+    ok, msg = checks.get("passed", True), checks.get("message", "")
     if dataset.annotated:
-        labels = np.array([s.label for s in dataset.samples])
-        got["top1"], ref["top1"] = float((art_top == labels).mean()), float((ref_top == labels).mean())
-        ok = ok and got["top1"] >= ref["top1"] - rule.top1_points / 100
-        msg += (f"; top-1 accuracy {100 * got['top1']:.2f} vs PyTorch {100 * ref['top1']:.2f} "
-                f"(delta {100 * (got['top1'] - ref['top1']):+.2f}, allowed drop {rule.top1_points:g} points)")
+        try:
+            ref_m = task.metric(ref_p, dataset, num_classes)
+            got_m = task.metric(art_p, dataset, num_classes)
+        except ValueError as exc:
+            if not checks:
+                return LevelResult("task", "skipped", f"{task.metric_names[task.metric_keys[0]]} cannot be computed: "
+                                                      f"{exc}")
+            ref_m = got_m = None
+            msg += f"; {exc}"
+        if got_m is not None:
+            points = getattr(rule, task.points_field)
+            deltas = []
+            for k in task.metric_keys:
+                ok = ok and got_m[k] >= ref_m[k] - points / 100
+                deltas.append(f"{task.metric_names[k]} {100 * got_m[k]:.2f} vs PyTorch {100 * ref_m[k]:.2f} "
+                              f"(delta {100 * (got_m[k] - ref_m[k]):+.2f})")
+            got.update(got_m)
+            ref.update(ref_m)
+            msg = ("; ".join([m for m in (msg,) if m] + [", ".join(deltas)])
+                   + f"; allowed drop {points:g} points on {len(dataset.samples)} images")
+    elif not checks:
+        return LevelResult("task", "skipped", f"{dataset.root} has no annotations ({task.annotation_formats}): "
+                                              f"{task.metric_names[task.metric_keys[0]]} cannot be computed")
     else:
         msg += "; no labels in the folder: accuracy not computed"
+    if not ok:
+        failing = [o["name"] for o in report_outputs(report) if not o["passed"]]
+        if failing:
+            msg += f" — outputs out of tolerance: {', '.join(failing)}"
     result.metrics, result.reference_metrics = got, ref
     return LevelResult("task", "pass" if ok else "fail", msg, round(time.time() - t, 3),
-                       {"artifact": got, "pytorch": ref, "rule": asdict(rule), "images": len(ref_top)})
+                       {"artifact": got, "pytorch": ref, "rule": asdict(rule), "images": len(ref_p),
+                        "allowed_drop_points": getattr(rule, task.points_field)})
 
 
 def report_outputs(report) -> List[Dict[str, Any]]:
@@ -329,8 +312,10 @@ def check_artifacts(
     images, annotated or not) or ``random`` (that many seeded N(0, 1) inputs, default 8) are the inputs.
     ``loaded`` (the model file, already loaded) and ``reference_cache`` (a dict kept between calls) let repeated
     checks of the same model run PyTorch once per input."""
-    from ..engines.predictor import load_image
-    from ..models.io import ModelOverrides, load_model_file
+    from ..images import load_image
+    from ..models.overrides import ModelOverrides
+    from ..models.readers import load_model_file
+    from ..tasks import task_of
     from .check import run_parity
 
     say = progress or (lambda s: None)
@@ -375,7 +360,7 @@ def check_artifacts(
                              f"{Path(model_path).name} is {loaded.sha256[:12]}...)")
         head = f"[{k}/{len(arts)}] {art.path.name} ({art.label}, decode {art.info.decode}"
         head += f", top-k {art.topk})" if art.topk else ")"
-        levels = LEVELS if loaded.task == "detection" else ("tensor", "task")
+        levels = [lv for lv in ("tensor", task_of(model.family).agreement_level, "task") if lv]
         if not art.runnable:
             res.levels = [LevelResult(lv, "skipped", f"engine not executed: {art.why}") for lv in levels]
             say(f"{head}: skipped: {art.why}")
@@ -388,12 +373,9 @@ def check_artifacts(
                                 else _random_feeds(random, art.info, size, batch, seed))
         feeds = feeds_cache[key]
         t = time.time()
-        rule = th.detection
         try:
-            report = run_parity(model, art.path, feeds.feeds, art.info.decode, art.topk, tolerances=th.tensor,
-                                runner=art.runner(providers), reference_cache=cache, quiet=progress is None,
-                                detection_kwargs={"score_thr": rule.score_thresh, "iou_thr": rule.iou,
-                                                  "min_match": rule.min_match})
+            report = run_parity(model, art.path, feeds.feeds, art.info.decode, art.topk, thresholds=th,
+                                runner=art.runner(providers), reference_cache=cache, quiet=progress is None)
         except ParityError as exc:
             res.levels = [LevelResult("tensor", "fail", f"the artifact did not run: {exc}")]
             say(f"{head}: tensor FAIL: {exc}")
@@ -404,9 +386,9 @@ def check_artifacts(
             tensor = LevelResult(tensor.level, "info", f"informative only ({tensor.status}): {tensor.message}",
                                  tensor.seconds, tensor.details)
         res.levels.append(tensor)
-        if loaded.task == "detection":
-            res.levels.append(_detection_level(report, rule, tensor))
-        res.levels.append(_task_level(report, feeds, art, dataset, th.task, model.num_classes, res))
+        if report.agreement is not None:
+            res.levels.append(_agreement_level(report))
+        res.levels.append(_task_level(report, feeds, art, dataset, th.task, model.num_classes, res, model, providers))
         say(f"{head}:")
         for note in res.notes:
             say(f"      note: {note}")

@@ -1,8 +1,8 @@
-"""Graph-surgery passes (onnx-graphsurgeon) that fuse a detector family's decoding into the exported graph.
+"""The detection task's graph-surgery passes (onnx-graphsurgeon): a detector family's decoding fused into the graph.
 
 Each pass is a small named function ``pass(graph, ...) -> graph`` that edits a
 :class:`onnx_graphsurgeon.Graph` in place in three steps: disconnect the raw output, insert
-the new nodes, then ``cleanup().toposort()``.  What the nodes compute comes from the model's
+the new nodes, then ``cleanup().toposort()`` (helpers: :mod:`autotimm_deploy.graph`).  What the nodes compute comes from the model's
 :class:`~autotimm_deploy.models.family.Family` (recorded in the ONNX metadata as ``family``): each
 raw output's activation and clamp, which output holds the distances, which outputs multiply into scores.
 
@@ -19,81 +19,37 @@ raw output's activation and clamp, which output holds the distances, which outpu
 from __future__ import annotations
 
 import itertools
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..errors import ExportError
-from ..models.decode import anchor_points
-from ..models.families import SEED_FCOS
-from ..models.family import Family, RawOutput, family_from_metadata
-from .onnx_export import LEVELS, get_metadata, reinfer_shapes
-from .options import DECODE_MODES
+from ...errors import ExportError
+from ...graph import activate_output as _activate
+from ...graph import detach_output as _detach
+from ...graph import export_graph, get_metadata, graph_outputs, import_graph, set_metadata
+from ...graph import single as _single
+from ...graph import to_bnc as _to_bnc
+from ...models.decode import anchor_points
+from ...models.families.seed import SEED_FCOS
+from ...models.family import LEVELS, PER_LEVEL_ROLES, Family
 
 __all__ = [
-    "import_graph",
-    "export_graph",
     "add_activations",
     "add_box_decode",
     "add_topk",
     "apply_decode",
     "static_level_sizes",
-    "fold_graph",
-    "share_identical_constants",
     "DECODE_MODES",
 ]
 
-
-
-def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    return gs.import_onnx(model)
-
-
-def export_graph(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
-    """Export ``graph``, fold constants, copy the template's metadata/opsets and re-infer shapes."""
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(3)  # folding runs ONNX Runtime, whose optimiser warnings are noise here
-    graph.fold_constants().cleanup()
-    share_identical_constants(graph).toposort()
-    model = gs.export_onnx(graph)
-    model.ir_version = template.ir_version
-    del model.metadata_props[:]
-    model.metadata_props.extend(template.metadata_props)
-    model = reinfer_shapes(model)
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
-def share_identical_constants(graph: gs.Graph) -> gs.Graph:
-    """One constant per distinct value: folding turns each use of a shared weight (the head is shared by the
-    five levels; the exporter reaches it through one Identity per use) into its own copy, which made fused
-    graphs up to 37 % larger than the raw export."""
-    import hashlib
-
-    kept: Dict[tuple, gs.Constant] = {}
-    names: Dict[str, gs.Constant] = {}
-    for node in graph.nodes:
-        for i, t in enumerate(node.inputs):
-            if isinstance(t, gs.Constant):
-                arr = np.asarray(t.values)  # not ascontiguousarray: it makes a 0-d scalar 1-d
-                key = (arr.dtype.str, arr.shape, hashlib.sha256(arr.tobytes()).digest())
-                if key not in kept:
-                    while names.get(t.name, t) is not t:  # two different constants with one name: keep both
-                        t.name = f"{t.name}_{len(names)}"
-                    kept[key] = names[t.name] = t
-                node.inputs[i] = kept[key]
-    return graph.cleanup()
-
-
-def _outputs(graph: gs.Graph) -> Dict[str, gs.Variable]:
-    return {t.name: t for t in graph.outputs}
+#: What the graph surgery can fuse into a detector's ONNX.
+DECODE_MODES = ("raw", "activations", "boxes")
 
 
 def _level_outputs(graph: gs.Graph, prefix: str) -> List[gs.Variable]:
-    outs = _outputs(graph)
+    outs = graph_outputs(graph)
     found = [outs[f"{prefix}_{l}"] for l in LEVELS if f"{prefix}_{l}" in outs]
     if not found:
         raise ExportError(
@@ -103,44 +59,11 @@ def _level_outputs(graph: gs.Graph, prefix: str) -> List[gs.Variable]:
     return found
 
 
-def _detach(graph: gs.Graph, out: gs.Variable, suffix: str) -> gs.Variable:
-    """Rename the producer's tensor to ``<name>_<suffix>`` and free ``out``'s name for a new tensor."""
-    name = out.name
-    out.name = f"{name}_{suffix}"
-    new = gs.Variable(name, dtype=out.dtype, shape=out.shape)
-    graph.outputs[graph.outputs.index(out)] = new
-    return new
-
-
-def _single(graph: gs.Graph, op: str, inputs, name: str, attrs=None, dtype=np.float32) -> gs.Variable:
-    (out,) = graph.layer(op=op, name=f"{name}/{op}", inputs=inputs, outputs=[gs.Variable(name, dtype=dtype)],
-                         attrs=attrs or {})
-    return out
-
-
-_ONNX_ACTIVATION = {"sigmoid": "Sigmoid", "exp": "Exp", "softmax": "Softmax", "identity": "Identity"}
-
-
-def _activate(graph: gs.Graph, x: gs.Variable, output: RawOutput, name: str,
-              out: Optional[gs.Variable] = None) -> gs.Variable:
-    """``output``'s activation on ``x`` (``Min(x, clamp_max)`` first when declared); into ``out`` if given.
-    The seed's ``Exp(Min(x, 10))`` gives pixel distances that cannot overflow FP16."""
-    if output.clamp_max is not None:
-        hi = gs.Constant(f"{name}/clamp_max", np.array(output.clamp_max, dtype=np.float32))
-        x = _single(graph, "Min", [x, hi], f"{name}/clamped")
-    op = _ONNX_ACTIVATION[output.activation]
-    attrs = {"axis": 1} if op == "Softmax" else {}
-    if out is None:
-        return x if op == "Identity" else _single(graph, op, [x], f"{name}/{op.lower()}", attrs=attrs)
-    graph.layer(op=op, name=f"{out.name}/{op}", inputs=[x], outputs=[out], attrs=attrs)
-    return out
-
-
 def add_activations(graph: gs.Graph, family: Family = SEED_FCOS) -> gs.Graph:
     """Each raw output's activation as ``family`` declares it; every output keeps its name.  Outputs whose
     activation is the identity (already pixel distances) are left as they are."""
     for output in family.outputs:
-        if output.activation == "identity" and output.clamp_max is None:
+        if output.role not in PER_LEVEL_ROLES or (output.activation == "identity" and output.clamp_max is None):
             continue
         for out in _level_outputs(graph, output.key):
             new = _detach(graph, out, "logits")
@@ -180,13 +103,6 @@ def _points_dynamic(graph: gs.Graph, feat: gs.Variable, stride: int, level: str)
     return _single(graph, "Concat", [px, py, px, py], f"{n}/pxyxy", attrs={"axis": 1})
 
 
-def _to_bnc(graph: gs.Graph, x: gs.Variable, channels: int, name: str) -> gs.Variable:
-    """(B, C, H, W) -> (B, H*W, C)."""
-    shape = gs.Constant(f"{name}/shape", np.array([0, channels, -1], dtype=np.int64))
-    r = _single(graph, "Reshape", [x, shape], f"{name}/flat")
-    return _single(graph, "Transpose", [r], f"{name}/bnc", attrs={"perm": [0, 2, 1]})
-
-
 def add_box_decode(
     graph: gs.Graph,
     strides: Sequence[int],
@@ -200,7 +116,7 @@ def add_box_decode(
     ``static_hw`` lists each level's (H, W) when the input size is static: anchor points and the
     clip bounds are then folded to constants; otherwise they are computed from runtime shapes.
     """
-    per_key = {o.key: _level_outputs(graph, o.key) for o in family.outputs}
+    per_key = {o.key: _level_outputs(graph, o.key) for o in family.outputs if o.role in PER_LEVEL_ROLES}
     if any(len(v) != len(strides) for v in per_key.values()):
         found = ", ".join(f"{k}: {len(v)}" for k, v in per_key.items())
         raise ExportError(f"box decode needs {', '.join(family.keys)} outputs for every stride (found {found}; "
@@ -242,7 +158,7 @@ def add_box_decode(
     scores = _single(graph, "Concat", level_scores, "scores", attrs={"axis": 1})
     batch = images.shape[0]
     boxes.shape, scores.shape = [batch, "num_candidates", 4], [batch, "num_candidates", num_classes]
-    graph.outputs.extend([boxes, scores])
+    graph.outputs[:0] = [boxes, scores]  # first; outputs that are not per level (mask features) stay after them
     return graph.cleanup().toposort()
 
 
@@ -251,10 +167,11 @@ def add_topk(graph: gs.Graph, k: int) -> gs.Graph:
     ``scores`` (B, k', C) and ``indices`` (B, k') into the full candidate list, k' = min(k, N)."""
     if k < 1:
         raise ExportError(f"top-k must be >= 1, got {k}")
-    outs = _outputs(graph)
+    outs = graph_outputs(graph)
     if "boxes" not in outs or "scores" not in outs:
         raise ExportError("add_topk needs the boxes/scores outputs of add_box_decode; run it first")
     boxes, scores = outs["boxes"], outs["scores"]
+    rest = [t for t in graph.outputs if t.name not in ("boxes", "scores")]
     graph.outputs.clear()
     if graph.opset >= 18:  # ReduceMax takes its axes as an input from opset 18 on
         best = _single(graph, "ReduceMax", [scores, gs.Constant("topk/axes", np.array([2], dtype=np.int64))],
@@ -283,20 +200,15 @@ def add_topk(graph: gs.Graph, k: int) -> gs.Graph:
     out_scores = gather(scores, int(num_classes), "scores")
     batch = graph.inputs[0].shape[0]
     out_boxes.shape, out_scores.shape, idx.shape = [batch, "topk", 4], [batch, "topk", num_classes], [batch, "topk"]
-    graph.outputs.extend([out_boxes, out_scores, idx])
+    graph.outputs.extend([out_boxes, out_scores, idx] + rest)
     return graph.cleanup().toposort()
-
-
-def fold_graph(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Constant folding and shared constants only (a classifier's ``model.onnx``): subgraphs on constants
-    leave the graph, e.g. NF-Net's weight standardisation, a training-mode BatchNormalization on the conv
-    weights that TensorRT cannot parse."""
-    return export_graph(import_graph(model), model)
 
 
 def static_level_sizes(model: onnx.ModelProto) -> Optional[List[Tuple[int, int]]]:
     """Each level's (H, W) as the exported network produces it (read from the raw graph's output shapes,
     not from a formula), or ``None`` when a level's size is symbolic (dynamic H/W)."""
+    from ...models.families import family_from_metadata
+
     family = family_from_metadata(get_metadata(model))
     first = family.keys[0]
     dims = {o.name: [d.dim_value if d.HasField("dim_value") else None for d in o.type.tensor_type.shape.dim]
@@ -322,7 +234,10 @@ def apply_decode(
         raise ExportError(f"decode mode must be one of {DECODE_MODES}, got {mode!r}")
     if topk is not None and mode != "boxes":
         raise ExportError("--topk needs --decode boxes")
-    family = family or family_from_metadata(get_metadata(model))
+    if family is None:
+        from ...models.families import family_from_metadata
+
+        family = family_from_metadata(get_metadata(model))
     graph = import_graph(model)
     if mode == "activations":
         add_activations(graph, family)
@@ -331,7 +246,5 @@ def apply_decode(
         if topk is not None:
             add_topk(graph, topk)
     out = export_graph(graph, model)
-    from .onnx_export import set_metadata
-
     set_metadata(out, {"decode": mode, "topk": str(topk) if topk else "none"})
     return out

@@ -31,6 +31,7 @@ class DetectionAgreement:
     min_match: float
     unmatched_best_iou: Optional[float] = None  # median IoU of unmatched references with their best same-class box
     basis: str = "threshold"  # threshold | top-k
+    score_limit: float = float("inf")  # the largest score difference of a matched pair that passes
 
     @property
     def matched_fraction(self) -> Optional[float]:
@@ -40,7 +41,8 @@ class DetectionAgreement:
     def status(self) -> str:
         if not self.reference:
             return "not informative"
-        return "pass" if self.matched_fraction >= self.min_match else "fail"
+        ok = self.matched_fraction >= self.min_match and self.max_score_diff <= self.score_limit
+        return "pass" if ok else "fail"
 
     @property
     def passed(self) -> bool:
@@ -65,10 +67,11 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def match_detections(ref: Sequence[Dict[str, np.ndarray]], cand: Sequence[Dict[str, np.ndarray]],
                      score_thr: float = 0.3, iou_thr: float = 0.9, min_match: float = 0.99,
-                     box_atol: float = 1e-2) -> DetectionAgreement:
+                     box_atol: float = 1e-2, score_limit: float = float("inf")) -> DetectionAgreement:
     """Greedy one-to-one matching of reference detections to candidate detections per image: same class and
     IoU >= ``iou_thr``, or every coordinate within ``box_atol`` pixels (the same box: a degenerate, zero-area
-    box has no IoU, as untrained models with linear distances produce)."""
+    box has no IoU, as untrained models with linear distances produce).  The agreement passes when at least
+    ``min_match`` of the references match and no matched pair's scores differ by more than ``score_limit``."""
     n_ref = n_cand = matched = 0
     max_diff = 0.0
     best_unmatched: List[float] = []
@@ -98,7 +101,7 @@ def match_detections(ref: Sequence[Dict[str, np.ndarray]], cand: Sequence[Dict[s
             else:
                 best_unmatched.append(float(iou[i].max()))
     return DetectionAgreement(n_ref, n_cand, matched, max_diff, score_thr, iou_thr, min_match,
-                              float(np.median(best_unmatched)) if best_unmatched else None)
+                              float(np.median(best_unmatched)) if best_unmatched else None, score_limit=score_limit)
 
 
 #: At most this fraction of an image's top-k candidates may be boundary ties (see :func:`align_topk`).

@@ -1,0 +1,126 @@
+"""Image folders with or without annotations, as the parity checks and the INT8 gate read them: the generic part
+(listing images, labels by name or index, the :class:`Dataset` every task's annotation reader returns).  Each task
+reads its own annotation formats (:meth:`autotimm_deploy.tasks.base.Task.read_annotations`); :func:`autotimm_deploy.parity.data.load_dataset`
+asks the model's task and falls back to an unannotated folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+import numpy as np
+
+from .errors import AutotimmError
+
+__all__ = ["DatasetError", "Sample", "Dataset", "Labels", "list_images", "read_json", "read_csv", "parse_box",
+           "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
+
+
+class DatasetError(AutotimmError):
+    """An image folder or its annotations cannot be used (the message names the file and entry)."""
+
+
+@dataclass
+class Sample:
+    path: Path
+    boxes: Optional[np.ndarray] = None  # (n, 4) float32 xyxy: detection, instance segmentation
+    labels: Optional[np.ndarray] = None  # (n,) int64: detection, instance segmentation
+    label: Optional[int] = None  # classification
+    mask: Any = None  # semantic segmentation: the path of its label map (read when used), or an HxW array
+    masks: Optional[List[Any]] = None  # instance segmentation: one COCO segmentation (polygons / RLE) per box
+
+
+@dataclass
+class Dataset:
+    root: Path
+    samples: List[Sample]
+    format: str  # coco | json | csv | folders | png | none
+    annotation_file: Optional[Path] = None
+    skipped: List[str] = field(default_factory=list)  # images on disk without annotations (COCO)
+
+    @property
+    def annotated(self) -> bool:
+        return self.format != "none"
+
+    def describe(self) -> str:
+        what = {"coco": "COCO JSON", "json": "per-image JSON", "csv": "CSV", "folders": "class folders",
+                "png": "PNG label maps", "none": "no annotations"}.get(self.format, self.format)
+        src = f" ({self.annotation_file.name})" if self.annotation_file else ""
+        return f"{len(self.samples)} images in {self.root}, {what}{src}"
+
+
+def list_images(root: Path) -> List[Path]:
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+class Labels:
+    """Class names or integer indices -> index, with errors that say where."""
+
+    def __init__(self, class_names: Sequence[str]):
+        self.names = list(class_names)
+        self.index = {n: i for i, n in enumerate(self.names)}
+
+    def __call__(self, value: Any, where: str) -> int:
+        if isinstance(value, bool):
+            value = None  # never a label
+        if isinstance(value, str):
+            if value in self.index:
+                return self.index[value]
+            if value.strip().lstrip("-").isdigit():
+                value = int(value)
+            else:
+                raise DatasetError(f"{where}: unknown class {value!r}; the model's classes are {self.names}")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise DatasetError(f"{where}: label must be a class name or an index, got {value!r}")
+        if not 0 <= value < len(self.names):
+            raise DatasetError(f"{where}: label {value} is out of range for {len(self.names)} classes")
+        return value
+
+
+def parse_box(values: Any, where: str, xywh: bool = False) -> List[float]:
+    if not isinstance(values, (list, tuple)) or len(values) != 4:
+        raise DatasetError(f"{where}: a box must be 4 numbers {'[x, y, w, h]' if xywh else '[x1, y1, x2, y2]'}, "
+                           f"got {values!r}")
+    try:
+        v = [float(x) for x in values]
+    except (TypeError, ValueError):
+        raise DatasetError(f"{where}: box values must be numbers, got {values!r}") from None
+    if not all(math.isfinite(x) for x in v):
+        raise DatasetError(f"{where}: box values must be finite, got {values!r}")
+    if xywh:
+        v = [v[0], v[1], v[0] + v[2], v[1] + v[3]]
+    if v[2] <= v[0] or v[3] <= v[1]:
+        raise DatasetError(f"{where}: empty or inverted box {values!r} "
+                           f"({'width and height must be > 0' if xywh else 'needs x2 > x1 and y2 > y1'})")
+    return v
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"{path}: cannot read: {exc}") from None
+
+
+def read_csv(path: Path) -> List[List[str]]:
+    """The rows of a CSV file (the header first); a file that cannot be read is a :class:`DatasetError`."""
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"{path}: cannot read CSV: {exc}") from None
+    if not rows:
+        raise DatasetError(f"{path}: empty CSV (it needs a header line)")
+    return rows
