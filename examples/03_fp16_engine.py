@@ -15,7 +15,7 @@ from autotimm_deploy.demo import demo_model_path
 from autotimm_deploy.engines import BuildConfig, check_engine, engine_from_onnx, engine_runnable, select_library
 from autotimm_deploy.exporters.fp16 import convert_to_fp16_guarded, probe_inputs
 from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
-from autotimm_deploy.models.io import load_model_file
+from autotimm_deploy.models.readers import load_model_file
 from autotimm_deploy.parity.check import FP16_TOLERANCES, run_parity
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())

@@ -20,7 +20,7 @@ from autotimm_deploy.exporters.int8_repair import gate
 from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
 from autotimm_deploy.exporters.options import DEFAULT_ISLANDS
 from autotimm_deploy.exporters.surgery import fold_graph
-from autotimm_deploy.models.io import load_model_file
+from autotimm_deploy.models.readers import load_model_file
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())
 out.mkdir(parents=True, exist_ok=True)

@@ -85,7 +85,7 @@ def r50_rows(calib_count: int, seconds: float) -> Dict:
     from autotimm_deploy.exporters.int8 import INT8_FORMS, CalibrationSet, protected_nodes, quantize_int8
     from autotimm_deploy.exporters.options import DEFAULT_ISLANDS
     from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
-    from autotimm_deploy.models.io import load_model_file
+    from autotimm_deploy.models.readers import load_model_file
     from autotimm_deploy.demo.train import to_tensor
     from autotimm_deploy.parity.random_init import randomize_norms, spread_head
     from bench import alternate

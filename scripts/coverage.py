@@ -284,9 +284,9 @@ def select(subset: str = "full", only: Optional[str] = None, *, list_name: str =
 
 # ------------------------------------------------------------------------------------------------ one entry
 
-# progress line prefix -> pipeline stage (the first words of export_model's numbered steps)
-_STAGES = [("loading", "load"), ("exporting ONNX", "export"), ("graph surgery", "surgery"), ("FP16 ONNX", "fp16"),
-           ("parity", "parity"), ("building", "engine")]
+# export_model's step names (its structured progress events) -> the stage this table reports
+_STAGES = {"load": "load", "export": "export", "surgery": "surgery", "fp16": "fp16", "int8": "int8", "parity": "parity",
+           "engine": "engine"}
 
 
 def _options(cache_dir: Path, engine: str = "tensorrt-rtx", extra_fp32_nodes: Tuple[str, ...] = ()):
@@ -368,12 +368,9 @@ def run_entry(e: Entry, work_dir: Union[str, os.PathLike], progress: Optional[Ca
 
     stage = {"now": "load"}
 
-    def track(line: str) -> None:
-        text = line.split("] ", 1)[-1] if line.startswith("[") else ""
-        for prefix, name in _STAGES:
-            if text.startswith(prefix):
-                stage["now"] = name
-        say(line)
+    def track(event) -> None:  # an exporters.events.Event: a line that names its step
+        stage["now"] = _STAGES.get(getattr(event, "step", ""), stage["now"])
+        say(event)
 
     manifest = None
     try:

@@ -19,8 +19,10 @@ import pytest
 from autotimm_deploy._atomic import TMP_PREFIX, atomic_write_bytes, cleanup_tmp
 from autotimm_deploy.demo import demo_model_path
 from autotimm_deploy.engines.sidecar import TMP_MAX_AGE_S, EngineCache
-from autotimm_deploy.exporters import pipeline
+from autotimm_deploy.exporters import run
 from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
+
+pytestmark = pytest.mark.system
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "kill_test.py"
@@ -103,7 +105,7 @@ def test_reexport_removes_the_old_manifest_before_the_first_artifact_changes(cla
     def killed(path, data):  # the process "dies" as the first artifact is about to be replaced
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pipeline, "atomic_write_bytes", killed)
+    monkeypatch.setattr(run, "atomic_write_bytes", killed)
     with pytest.raises(KeyboardInterrupt):
         export_model(demo_model_path("classifier"), out, ExportOptions(engine="none", batch=(1, 2, 4)), progress=None)
     after = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -12,6 +12,8 @@ import pytest
 
 from autotimm_deploy.demo import demo_model_path
 
+pytestmark = pytest.mark.system
+
 
 @pytest.mark.parametrize("when", ["[2/", "[4/", "builder:"])
 def test_ctrl_c_stops_the_export_anywhere(tmp_path, when):

@@ -51,6 +51,7 @@ def _body(args: argparse.Namespace) -> int:
     from .._atomic import atomic_write_text
     from ..engines.predictor import load, load_image
     from ..errors import AutotimmError
+    from ..tasks import get_task
 
     for flag, value, ok, rule in (("--score-thr", args.score_thr, lambda v: 0 <= v <= 1, "in [0, 1]"),
                                   ("--iou-thr", args.iou_thr, lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -65,8 +66,7 @@ def _body(args: argparse.Namespace) -> int:
     post = (args.score_thr, args.iou_thr, args.max_det, args.class_agnostic, args.resize)
     args.out.mkdir(parents=True, exist_ok=True)
     records, failed = [], 0
-    detection = predictor.info.task == "detection"
-    rule = predictor.info.family.postprocess
+    task = get_task(predictor.info.task)
     pictures = picture_names(args.images, args.format)
     width = max(len("image"), *(len(str(p)) for p in args.images))  # whole paths: never cut
     print(f"\n{'image':<{width}} {'size':>9} {'n':>4}  top results")
@@ -101,23 +101,16 @@ def _body(args: argparse.Namespace) -> int:
             result = results[k]
             picture = None if args.no_draw else args.out / pictures[k]
             records.append({"image": str(path), **({"picture": picture.name} if picture else {}), **result.to_dict()})
-            if detection:
-                top = ", ".join(f"{n} {s:.2f}" for n, s in zip(result.class_names[:3], result.scores[:3]))
-                n = len(result.boxes)
-            else:
-                top = ", ".join(f"{n} {p:.2f}" for n, p in result.top(3))
-                n = 1
+            n, top = task.summary(result)
             h, w = image.shape[:2]
             print(f"{str(path):<{width}} {w:>4}x{h:<4} {n:>4}  {top}")
             if picture is not None:
-                draw_result(image, result, picture, args.format)
-    name = "detections.json" if detection else "classifications.json"
+                draw_result(image, result, picture, args.format, task)
+    name = task.results_file
+    post = task.settings(predictor.info.family, score_thresh=args.score_thr, iou_thresh=args.iou_thr,
+                         max_detections=args.max_det)
     doc = {"artifact": str(args.artifact), "backend": predictor.backend.name, "source": predictor.source,
-           "family": predictor.info.family.name, **({"postprocess": {
-               "candidates": rule.candidates, "pre_nms_top_k": rule.pre_nms_top_k,
-               "score_thr": rule.score_thresh if args.score_thr is None else args.score_thr,
-               "iou_thr": rule.iou_thresh if args.iou_thr is None else args.iou_thr,
-               "max_det": rule.max_detections if args.max_det is None else args.max_det}} if detection else {}),
+           "family": predictor.info.family.name, **({"postprocess": post} if post else {}),
            "images": records}
     atomic_write_text(args.out / name, strict_json.dumps(doc, indent=1) + "\n")
     print(f"\nwrote {args.out / name} ({len(records) - failed} ok, {failed} failed) in {time.time() - start:.1f}s")

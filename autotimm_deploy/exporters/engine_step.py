@@ -6,12 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
+from .. import layout
 from ..errors import ExportError
-from ..models.io import LoadedModel
+from ..models.loaded import LoadedModel
 from .onnx_export import check_input_size
 
 if TYPE_CHECKING:
-    from .pipeline import ExportOptions
+    from .options import ExportOptions
 
 __all__ = ["engine_profile", "fits", "engine_step", "engine_parity", "check_engine_options"]
 
@@ -64,26 +65,29 @@ def fits(shape: Sequence[int], profile: Dict[str, Tuple]) -> bool:
 
 
 def engine_step(step, say, options: "ExportOptions", library, onnx_path: Path, fp16_path: Optional[Path], plan,
-                profile, loaded: LoadedModel, out_dir: Path, prov: Dict) -> Dict:
-    """Build the engine from the FP16 ONNX (strongly typed libraries) or the FP32 ONNX, through the cache."""
+                profile, loaded: LoadedModel, out_dir: Path, prov: Dict, network: str = layout.MAIN) -> Dict:
+    """Build the engine of ``network`` from the FP16 ONNX (strongly typed libraries) or the FP32 ONNX (the INT8
+    Q/DQ ONNX for the main network of an INT8 export), through the cache."""
     from ..engines.build import BuildConfig, engine_from_onnx
     from ..engines.sidecar import EngineCache
 
     lib, why = library
     precision = "int8" if options.int8 else ("fp16" if options.fp16 else "fp32")
+    if network != layout.MAIN:
+        precision = layout.extra_engine_precision(precision)
     fp32_layers: Tuple[str, ...] = ()
     if precision == "int8":
-        source = onnx_path.parent / "model.int8.onnx"  # explicit Q/DQ (the TensorRT form)
+        source = onnx_path.parent / layout.onnx_file("int8")  # explicit Q/DQ (the TensorRT form)
     elif precision == "fp16" and lib.strongly_typed:
         source = fp16_path  # precision is in the graph's types
     else:
         source = onnx_path  # FP32 network; on TensorRT 10 the FP16 flag + pinned FP32 islands
         fp32_layers = tuple(plan.fp32_nodes) if plan is not None else ()
-    name = {"int8": "model.int8.engine", "fp16": "model.fp16.engine", "fp32": "model.engine"}[precision]
+    name = layout.engine_file(precision, network)
     step(f"building {precision.upper()} engine with {lib.name} {lib.version} from {source.name} ({why})")
     config = BuildConfig(profiles=[profile], precision=precision, workspace_mib=options.workspace_mib,
                          targets=tuple(options.target_cc), fp32_layers=fp32_layers,
-                         fp32_islands=options.islands().to_dict() if options.fp16 or options.int8 else None)
+                         fp32_islands=options.islands(loaded.family).to_dict() if options.fp16 or options.int8 else None)
     cache = EngineCache(options.cache_dir) if options.cache else None
     if cache is not None and not lib.ahead_of_time:
         from ..engines.library import gpu_info
@@ -97,7 +101,7 @@ def engine_step(step, say, options: "ExportOptions", library, onnx_path: Path, f
     where = ", ".join(targets["compute_capabilities"]) if "compute_capabilities" in targets else targets["gpu"]["name"]
     say(f"      {name}: {size_mb:.1f} MB for {where}, build {sidecar['build']['seconds']:.1f}s, cache {sidecar['cache']}")
     return {"library": lib.describe(), "selected_because": why, "sidecar": name + ".json", "cache": sidecar["cache"],
-            "artifact": {"role": "engine", "file": name, "precision": precision, "library": lib.name,
+            "artifact": {"role": layout.engine_role(network), "file": name, "precision": precision, "library": lib.name,
                          "library_version": lib.version, "targets": targets, "sha256": sidecar["engine"]["sha256"],
                          "source_onnx": source.name}}
 

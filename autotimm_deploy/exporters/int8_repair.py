@@ -44,11 +44,12 @@ class GateResult:
     messages: Dict[str, str]
     metrics: Dict[str, float]
     reference_metrics: Dict[str, float]
+    metric: str = ""  # the task's gated metric (its first metric key: mAP@0.5:0.95, top-1, mIoU, mask mAP)
 
     def drop_points(self) -> Optional[float]:
-        """The task metric's drop against PyTorch FP32, in points (mAP@0.5:0.95 or top-1)."""
-        key = "map" if "map" in self.metrics else ("top1" if "top1" in self.metrics else None)
-        if key is None or key not in self.reference_metrics:
+        """The task metric's drop against PyTorch FP32, in points."""
+        key = self.metric
+        if key not in self.metrics or key not in self.reference_metrics:
             return None
         return round(100 * (self.reference_metrics[key] - self.metrics[key]), 3)
 
@@ -74,13 +75,16 @@ def gate(model_path, loaded, artifact: Path, eval_dir, max_drop: float, referenc
     from ..parity.suite import check_artifacts
     from ..parity.thresholds import load_thresholds
 
-    th = load_thresholds(overrides={"int8": {"task": {"map_points": max_drop, "top1_points": max_drop}}})
+    from ..tasks import task_of
+
+    task = task_of(loaded.family)
+    th = load_thresholds(overrides={"int8": {"task": {task.points_field: max_drop}}})
     res = check_artifacts(model_path, [artifact], data=eval_dir, annotations=annotations, limit=limit, thresholds=th,
                           progress=None, loaded=loaded, reference_cache=reference_cache)
     a = res.artifacts[0]
     return GateResult(passed=res.passed, levels={lv.level: lv.status for lv in a.levels},
                       messages={lv.level: lv.message for lv in a.levels}, metrics=dict(a.metrics),
-                      reference_metrics=dict(a.reference_metrics))
+                      reference_metrics=dict(a.reference_metrics), metric=task.metric_keys[0])
 
 
 def layer_sensitivity(fp32: onnx.ModelProto, int8: onnx.ModelProto, nodes: Sequence[str],

@@ -12,7 +12,7 @@ import onnx
 
 from .._atomic import atomic_write_bytes, remove_file, sha256_file
 from ..errors import ExportError
-from ..models.io import LoadedModel
+from ..models.loaded import LoadedModel
 from .int8 import INT8_FORMS, calibration_set, protected_nodes, quantizable_nodes, quantize_int8
 from .int8_repair import Int8Report, gate, layer_sensitivity, repair_groups, step_record
 from .onnx_export import set_metadata
@@ -37,15 +37,13 @@ def _write_forms(onnx_path: Path, out_dir: Path, calib, options: ExportOptions, 
     return paths
 
 
-def int8_step(step: Callable[[str], None], say: Callable[[str], None], options: ExportOptions, loaded: LoadedModel,
+def int8_step(say: Callable[[str], None], options: ExportOptions, loaded: LoadedModel,
               model_path, onnx_path: Path, out_dir: Path, size: Tuple[int, int]) -> Tuple[Int8Report, List[Dict]]:
     """Write ``model.int8.onnx`` and ``model.int8-cpu.onnx`` next to ``onnx_path`` (the FP32 ONNX, decode fused) and
     return the report and the manifest entries.  Raises :class:`ExportError` when the gate still fails after
     ``options.int8_repair_steps`` repair steps."""
     t0 = time.time()
     family = loaded.family
-    step(f"INT8 ONNX: calibrating on {options.calib} ({options.calib_method}, up to {options.calib_count} images), "
-         f"gate on {options.int8_eval} (max drop {options.int8_max_drop:g} points)")
     same = Path(options.calib).resolve() == Path(options.int8_eval).resolve()
     if same:
         say("      note: the evaluation folder is the calibration folder: the gate measures on the images the ranges "
@@ -57,7 +55,7 @@ def int8_step(step: Callable[[str], None], say: Callable[[str], None], options: 
     say(f"      {calib.images} calibration images read (SHA-256 {calib.sha256[:12]})")
     fp32 = onnx.load(str(onnx_path))
     raw = family.output_names(len(getattr(loaded.model, "strides", ())))  # the family's raw outputs (classifiers: logits)
-    protected = protected_nodes(fp32, raw, options.islands())
+    protected = protected_nodes(fp32, raw, options.islands(family))
     quantized = quantizable_nodes(fp32, protected)
     cache = out_dir / CALIBRATION_FILE
     remove_file(cache)  # ranges from this run's images only
@@ -91,6 +89,9 @@ def int8_step(step: Callable[[str], None], say: Callable[[str], None], options: 
         sens, partners = layer_sensitivity(fp32, onnx.load(str(paths["tensorrt"])), quantized, feed)
         groups = repair_groups(sens, options.int8_repair_steps, partners)
         for k, group in enumerate(groups, 1):
+            if len(set(kept + group)) >= len(quantized):  # nothing would be left in INT8: the gate fails as it is
+                say(f"      repair step {k}: it would keep every quantized layer in FP32; stopping")
+                break
             kept += group
             say(f"      repair step {k}/{len(groups)}: keeping {', '.join(group)} in FP32 (quantization error "
                 + ", ".join(f"{sens[n]:.3g}" for n in group) + ")")

@@ -18,9 +18,11 @@ from torch import nn
 
 from .. import __version__
 from ..errors import ExportError
+from ..graph import get_metadata, reinfer_shapes, set_metadata  # noqa: F401 (re-exported)
 from ..models.families import SEED_FCOS
 from ..models.family import LEVELS
-from ..models.io import LoadedModel
+from ..models.loaded import LoadedModel
+from ..tasks import task_of
 from .options import DEFAULT_OPSET
 
 __all__ = [
@@ -43,9 +45,12 @@ def detector_output_names(num_levels: int = 5, family=SEED_FCOS) -> List[str]:
 
 
 def max_stride(model: nn.Module) -> int:
-    """What the input's H and W must be multiples of: a detector's largest backbone stride (32 for the usual
-    timm backbones, from timm's ``feature_info``), so that its FPN levels line up; 1 for a classifier, whose
-    global pooling takes any size (a fixed-size model such as levit_128s at 224 is checked by its export)."""
+    """What the input's H and W must be multiples of: a model's declared ``max_stride`` (YOLOX, segmentors), or a
+    detector's largest backbone stride (32 for the usual timm backbones, from timm's ``feature_info``), so that its
+    FPN levels line up; 1 for a classifier, whose global pooling takes any size (a fixed-size model such as
+    levit_128s at 224 is checked by its export)."""
+    if getattr(model, "max_stride", None):
+        return int(model.max_stride)
     if not getattr(model, "strides", None):  # detectors declare their level strides; classifiers pool
         return 1
     info = getattr(model.backbone, "feature_info", None)
@@ -94,26 +99,15 @@ class ExportConfig:
 
 
 class _ExportView(nn.Module):
-    """Flattens a detector's three per-level lists into one tuple (no change to the model itself)."""
+    """The model's forward result as the flat tuple of its task's raw outputs (no change to the model itself)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
+        self.task = task_of(model.family)
 
     def forward(self, images):
-        return self.flatten(self.model(images))
-
-    @staticmethod
-    def flatten(out):
-        if isinstance(out, tuple):
-            return tuple(t for group in out for t in group)
-        return out
-
-
-def reinfer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Drop stale value_info (the legacy exporter writes wrong dims) and re-infer with data propagation."""
-    del model.graph.value_info[:]
-    return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        return self.task.flatten(self.model.family, self.model(images))
 
 
 def _set_output_shapes(model: onnx.ModelProto, shapes: Dict[str, List]) -> None:
@@ -144,8 +138,8 @@ def export_onnx_with_forward(loaded: LoadedModel, config: ExportConfig,
     stride = max_stride(model)
     h, w = check_input_size(config.input_size, stride)
     family = loaded.family
-    is_det = family.task == "detection"
-    output_names = family.output_names(len(model.strides) if is_det else 0)
+    task = task_of(family)
+    output_names = task.output_names(family, len(getattr(model, "strides", None) or ()))
     dynamic_axes: Dict[str, Dict[int, str]] = {}
     if config.dynamic_batch or config.dynamic_hw:
         in_axes: Dict[int, str] = {}
@@ -155,11 +149,7 @@ def export_onnx_with_forward(loaded: LoadedModel, config: ExportConfig,
             in_axes.update({2: "height", 3: "width"})
         dynamic_axes["images"] = in_axes
         for name in output_names:
-            axes = {0: "batch"} if config.dynamic_batch else {}
-            if config.dynamic_hw and is_det:
-                lv = name.split("_")[1]
-                axes.update({2: f"height_{lv}", 3: f"width_{lv}"})
-            dynamic_axes[name] = axes
+            dynamic_axes[name] = task.output_axes(family, name, config.dynamic_batch, config.dynamic_hw)
     dummy = torch.randn(config.batch_size, 3, h, w) if example is None else example
     if tuple(dummy.shape) != (config.batch_size, 3, h, w):
         raise ExportError(f"export example of shape {tuple(dummy.shape)}, expected {(config.batch_size, 3, h, w)}")
@@ -169,7 +159,7 @@ def export_onnx_with_forward(loaded: LoadedModel, config: ExportConfig,
     try:
         with torch.no_grad():
             forward = model(dummy)
-        ref = _ExportView.flatten(forward)
+        ref = task.flatten(family, forward)
     except Exception as exc:  # e.g. GroupNorm with one value per group on a 1x1 P7 map
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"the model does not run in PyTorch at input {tuple(dummy.shape)}: {first}") from exc
@@ -193,11 +183,8 @@ def export_onnx_with_forward(loaded: LoadedModel, config: ExportConfig,
     shapes = {}
     for name, t in zip(output_names, ref):
         dims: List = list(t.shape)
-        if config.dynamic_batch:
-            dims[0] = "batch"
-        if config.dynamic_hw and is_det:
-            lv = name.split("_")[1]
-            dims[2], dims[3] = f"height_{lv}", f"width_{lv}"
+        for axis, symbol in task.output_axes(family, name, config.dynamic_batch, config.dynamic_hw).items():
+            dims[axis] = symbol
         shapes[name] = dims
     _set_output_shapes(onnx_model, shapes)
     onnx_model = reinfer_shapes(onnx_model)
@@ -273,22 +260,8 @@ def build_metadata(loaded: LoadedModel, config: ExportConfig, size: Tuple[int, i
         meta["overrides"] = json.dumps(loaded.metadata["overrides"], sort_keys=True)
     family = loaded.family
     meta["family"] = family.to_json()
-    meta["decoding_convention"] = json.dumps(family.convention_dict(), sort_keys=True)
-    if family.task == "detection":
+    meta["decoding_convention"] = json.dumps(task_of(family).convention(family), sort_keys=True)
+    if getattr(model, "strides", None):
         meta["strides"] = json.dumps(list(model.strides))
     meta.update(config.metadata)
     return meta
-
-
-def set_metadata(model: onnx.ModelProto, meta: Dict[str, str]) -> None:
-    """Replace/insert ``metadata_props`` entries (keys sorted for deterministic files)."""
-    current = {p.key: p.value for p in model.metadata_props}
-    current.update(meta)
-    del model.metadata_props[:]
-    for k in sorted(current):
-        p = model.metadata_props.add()
-        p.key, p.value = k, str(current[k])
-
-
-def get_metadata(model: onnx.ModelProto) -> Dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}

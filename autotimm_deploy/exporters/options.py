@@ -8,6 +8,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from .._options import option
 from ..engines.library import ENGINE_CHOICES
 from ..errors import ExportError
 
@@ -17,13 +18,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..models.overrides import ModelOverrides
 
 __all__ = ["ExportOptions", "Fp32Islands", "DEFAULT_ISLANDS", "DEFAULT_OPSET", "MIN_OPSET", "MAX_OPSET", "DECODE_MODES",
-           "CALIB_METHODS"]
+           "CALIB_METHODS", "GROUPS"]
 
 #: The default ONNX opset of exported graphs.
 DEFAULT_OPSET = 17
 #: --opset range: 13 (Unsqueeze/TopK inputs the surgery writes) to the TorchScript exporter's maximum.
 MIN_OPSET, MAX_OPSET = 13, 20
-#: What the graph surgery can fuse into a detector's ONNX.
+#: What the graph surgery can fuse into a detector's ONNX (every task declares its own: ``Task.decode_modes``).
 DECODE_MODES = ("raw", "activations", "boxes")
 #: INT8 calibration methods (ONNX Runtime's CalibrationMethod MinMax / Entropy / Percentile).
 CALIB_METHODS = ("minmax", "entropy", "percentile")
@@ -42,6 +43,9 @@ class Fp32Islands:
     - ``Exp``: exp(x) overflows FP16 for x > 11.09; the decode clamps at 10 but FP32 keeps pixel
       distances exact to 1e-3 px instead of 2^-11 relative;
     - ``Range``: has no float16 type in the ONNX spec;
+    - ``RoiAlign`` and the nodes ``/roi_align/*`` (an instance segmentor's mask network computes RoIAlign as two
+      matrix products): box coordinates up to the image size need FP32, and ONNX Runtime's CPU RoiAlign kernel
+      has no float16;
     - the fused decode and top-k (nodes named ``decode*``, ``anchors_*``, ``topk/*``, ``boxes*``,
       ``scores*`` and the activation nodes ``cls_p*/*``, ``ctr_p*/*``, ``bbox_p*/*`` written by
       :mod:`autotimm_deploy.exporters.surgery`): anchor coordinates up to the image size need more
@@ -60,58 +64,128 @@ class Fp32Islands:
 
 DEFAULT_ISLANDS = Fp32Islands(
     op_types=("InstanceNormalization", "LayerNormalization", "GroupNormalization", "BatchNormalization", "Exp",
-              "Range"),
-    node_names=("decode*", "anchors_*", "topk/*", "boxes*", "scores*", "cls_p*/*", "ctr_p*/*", "bbox_p*/*"),
+              "Range", "RoiAlign"),
+    node_names=("decode*", "anchors_*", "topk/*", "boxes*", "scores*", "cls_p*/*", "ctr_p*/*", "bbox_p*/*",
+                "/roi_align/*"),
 )
 
 
 
+def _batch(text: str) -> Tuple[int, int, int]:
+    """``--batch N`` or ``MIN:OPT:MAX``."""
+    import argparse
+
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or MIN:OPT:MAX, got {text!r}") from None
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected N or MIN:OPT:MAX, got {text!r}")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+def _names(text: str) -> Tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _extends(default: Tuple[str, ...]):
+    """``--fp32-ops +Softmax`` extends the default list; ``--fp32-ops Softmax`` replaces it."""
+    def convert(given: Tuple[str, ...]) -> Tuple[str, ...]:
+        if given and all(t.startswith("+") for t in given):
+            return tuple(default) + tuple(t[1:] for t in given)
+        return given
+    return convert
+
+
+_FP16, _INT8, _ENGINE = "FP16", "INT8", "engine"
+#: Argument groups' descriptions (the CLI's --help).
+GROUPS = {
+    _FP16: "an FP16-typed ONNX with FP32 islands (TensorRT 11 and TensorRT-RTX are strongly typed)",
+    _INT8: "calibrated INT8 ONNX with explicit Q/DQ (ONNX Runtime's quantization), gated on accuracy and repaired "
+           "automatically; the engine is then built from it",
+    _ENGINE: "TensorRT / TensorRT-RTX engine build (docs/engines.md)",
+}
+
+
 @dataclass
 class ExportOptions:
-    """Options of :func:`export_model` (the CLI's flags)."""
+    """Options of :func:`~autotimm_deploy.exporters.pipeline.export_model`: each field is declared once, with its
+    ``autotimm-export`` flag (fields without one are for the Python API; class names, input size and mean/std come
+    from the model arguments that autotimm-infer and autotimm-parity share)."""
 
-    decode: str = "boxes"
-    opset: int = DEFAULT_OPSET
-    input_size: Optional[Tuple[int, int]] = None
-    batch: Tuple[int, int, int] = (1, 1, 8)  # MIN:OPT:MAX; dynamic batch unless MIN == MAX
-    dynamic_hw: bool = False
-    min_size: Optional[Tuple[int, int]] = None  # engine profile with --dynamic-hw (default: half the input size)
-    max_size: Optional[Tuple[int, int]] = None  # (default: twice the input size)
-    topk: Optional[int] = None
-    check: bool = True
-    random_inputs: int = 2
-    demo_images: int = 4
-    seed: int = 0
+    decode: Optional[str] = option(None, "--decode", "what model.onnx computes (default: the task's): detectors raw, "
+                                   "activations, boxes (default); segmentors raw, labels (default), labels-full; "
+                                   "classifiers raw", metavar="MODE")
+    opset: int = option(DEFAULT_OPSET, "--opset", f"ONNX opset (default {DEFAULT_OPSET})", type=int,
+                        metavar="N")
+    input_size: Optional[Tuple[int, int]] = option(None)
+    batch: Tuple[int, int, int] = option((1, 1, 8), "--batch", "batch range; dynamic batch unless MIN == MAX "
+                                         "(default 1:1:8)", type=_batch, metavar="MIN:OPT:MAX")
+    dynamic_hw: bool = option(False, "--dynamic-hw", "make input height and width dynamic")
+    min_size: Optional[Tuple[int, int]] = option(None, "--min-size", "with --dynamic-hw: smallest H W of the engine "
+                                                 "profile (default: half the input size)", type=int, nargs=2,
+                                                 metavar=("H", "W"), convert=tuple)
+    max_size: Optional[Tuple[int, int]] = option(None, "--max-size", "with --dynamic-hw: largest H W of the engine "
+                                                 "profile (default: twice the input size)", type=int, nargs=2,
+                                                 metavar=("H", "W"), convert=tuple)
+    topk: Optional[int] = option(None, "--topk", "with --decode boxes: keep the K best candidates per image",
+                                 type=int, metavar="K")
+    check: bool = option(True, "--no-check", "skip the parity check against PyTorch", invert=True)
+    random_inputs: int = option(2)
+    demo_images: int = option(4)
+    seed: int = option(0)
     # FP16 ONNX (exporters.fp16)
-    fp16: bool = False
-    fp16_input: bool = False
-    fp32_ops: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.op_types
-    fp32_nodes: Optional[Tuple[str, ...]] = None  # None: DEFAULT_ISLANDS.node_names
-    overflow_guard: bool = True
-    fp16_repair_steps: int = 6  # groups of nodes the FP16 repair may keep in FP32 when FP16 parity fails; 0: none
+    fp16: bool = option(False, "--fp16", "write model.fp16.onnx, check it, and build an FP16 engine", group=_FP16)
+    fp16_input: bool = option(False, "--fp16-input", "FP16 input tensor instead of FP32 + Cast", group=_FP16)
+    fp32_ops: Optional[Tuple[str, ...]] = option(
+        None, "--fp32-ops", f"op types kept in FP32 (default: {','.join(DEFAULT_ISLANDS.op_types)}); '+OP,...' adds "
+        "to the default, '' keeps none", group=_FP16, type=_names, metavar="OP,OP",
+        convert=_extends(DEFAULT_ISLANDS.op_types))
+    fp32_nodes: Optional[Tuple[str, ...]] = option(
+        None, "--fp32-nodes", f"node-name globs kept in FP32 (default: {','.join(DEFAULT_ISLANDS.node_names)}); "
+        "'+GLOB,...' adds to the default", group=_FP16, type=_names, metavar="GLOB,GLOB",
+        convert=_extends(DEFAULT_ISLANDS.node_names))
+    overflow_guard: bool = option(True, "--no-overflow-guard", "do not probe for FP16 overflow (layers that would "
+                                  "overflow are otherwise kept in FP32)", group=_FP16, invert=True)
+    fp16_repair_steps: int = option(6, "--fp16-repair-steps", "when FP16 parity fails, keep the nodes that add the "
+                                    "most FP16 error in FP32, up to N groups (default 6; 0: report the failure as is)",
+                                    group=_FP16, type=int, metavar="N")
     # INT8 ONNX (exporters.int8*): calibration folder, evaluation folder for the accuracy gate, repair budget
-    int8: bool = False
-    calib: Optional[str] = None
-    calib_count: int = 256
-    calib_method: str = "minmax"
-    int8_eval: Optional[str] = None
-    int8_max_drop: float = 1.0
-    int8_repair_steps: int = 6
+    int8: bool = option(False, "--int8", "write model.int8.onnx (TensorRT form) and model.int8-cpu.onnx (ONNX "
+                        "Runtime CPU form)", group=_INT8)
+    calib: Optional[str] = option(None, "--calib", "calibration images (any image folder)", group=_INT8,
+                                  metavar="DIR")
+    calib_count: int = option(256, "--calib-count", "calibration images used (default 256)", group=_INT8, type=int,
+                              metavar="N")
+    calib_method: str = option("minmax", "--calib-method", "how activation ranges are chosen (default minmax: see "
+                               "docs/int8.md)", group=_INT8, choices=CALIB_METHODS)
+    int8_eval: Optional[str] = option(None, "--int8-eval", "held-out folder for the accuracy gate (annotated: the "
+                                      "task metric), not the calibration folder", group=_INT8, metavar="DIR")
+    int8_max_drop: float = option(1.0, "--int8-max-drop", "largest drop of the task metric (mAP@0.5:0.95, top-1, "
+                                  "mIoU, mask mAP) vs PyTorch FP32 allowed, in points (default 1.0)", group=_INT8,
+                                  type=float, metavar="POINTS")
+    int8_repair_steps: int = option(6, "--int8-repair-steps", "groups of layers the repair may keep in FP32 before "
+                                    "the export fails (default 6; 0: no repair)", group=_INT8, type=int, metavar="N")
     # engines
-    engine: str = "auto"  # auto | tensorrt | tensorrt-rtx | none
-    target_cc: Tuple[str, ...] = ()
-    workspace_mib: Optional[int] = None
-    cache: bool = True
-    cache_dir: Optional[str] = None
-    # what the model file does not record (AutoTimm checkpoints: class names, mean/std)
-    class_names: Optional[Tuple[str, ...]] = None
-    mean: Optional[Tuple[float, float, float]] = None
-    std: Optional[Tuple[float, float, float]] = None
+    engine: str = option("auto", "--engine", "auto (default): full TensorRT if it imports and a GPU is present, else "
+                         "TensorRT-RTX; none: skip", group=_ENGINE, choices=ENGINE_CHOICES)
+    target_cc: Tuple[str, ...] = option((), "--target-cc", "TensorRT-RTX compute capabilities (default: the GPU "
+                                        "present, else all of its targets)", group=_ENGINE, type=_names,
+                                        metavar="SM86,SM89", convert=lambda t: tuple(v.upper() for v in t))
+    workspace_mib: Optional[int] = option(None, "--workspace", "builder workspace limit in MiB", group=_ENGINE,
+                                          type=int, metavar="MIB")
+    cache: bool = option(True, "--no-cache", "always rebuild the engine; do not store it", group=_ENGINE, invert=True)
+    cache_dir: Optional[str] = option(None, "--cache-dir", "engine cache folder (default: $AUTOTIMM_DEPLOY_CACHE or "
+                                      "~/.cache/autotimm-deploy)", group=_ENGINE, metavar="DIR")
+    # what the model file does not record (AutoTimm checkpoints: class names, mean/std): the model arguments
+    class_names: Optional[Tuple[str, ...]] = option(None)
+    mean: Optional[Tuple[float, float, float]] = option(None)
+    std: Optional[Tuple[float, float, float]] = option(None)
 
     def __post_init__(self) -> None:
         """Every option is checked here, before any work: one error naming the flag."""
-        if self.decode not in DECODE_MODES:
-            raise ExportError(f"--decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         lo, opt, hi = self.batch
         if not 1 <= lo <= opt <= hi:
             raise ExportError(f"--batch MIN:OPT:MAX needs 1 <= MIN <= OPT <= MAX, got {lo}:{opt}:{hi}")
@@ -120,7 +194,7 @@ class ExportOptions:
                               f"surgery support), got {self.opset}")
         if self.topk is not None and self.topk < 1:
             raise ExportError(f"--topk must be >= 1, got {self.topk}")
-        if self.topk is not None and self.decode != "boxes":
+        if self.topk is not None and self.decode not in (None, "boxes"):  # every task: top-k of fused candidates
             raise ExportError(f"--topk needs --decode boxes (got --decode {self.decode})")
         for flag, size in (("--input-size", self.input_size), ("--min-size", self.min_size),
                            ("--max-size", self.max_size)):
@@ -181,10 +255,11 @@ class ExportOptions:
                               input_size=tuple(self.input_size) if self.input_size else None,
                               mean=tuple(self.mean) if self.mean else None, std=tuple(self.std) if self.std else None)
 
-    def islands(self) -> Fp32Islands:
+    def islands(self, family=None) -> Fp32Islands:
+        """The FP32 islands: these options' (default :data:`DEFAULT_ISLANDS`), plus the nodes the model's family
+        keeps in FP32 (``Family.fp32_nodes``: measured precision-sensitive layers of that architecture)."""
+        extra = tuple(getattr(family, "fp32_nodes", ()) or ())
+        names = tuple(self.fp32_nodes) if self.fp32_nodes is not None else DEFAULT_ISLANDS.node_names
         return Fp32Islands(op_types=tuple(self.fp32_ops) if self.fp32_ops is not None else DEFAULT_ISLANDS.op_types,
-                           node_names=tuple(self.fp32_nodes) if self.fp32_nodes is not None else DEFAULT_ISLANDS.node_names)
+                           node_names=names + tuple(n for n in extra if n not in names))
 
-
-#: --opset range: 13 (Unsqueeze/TopK inputs the surgery writes) to the TorchScript exporter's maximum.
-MIN_OPSET, MAX_OPSET = 13, 20

@@ -1,10 +1,15 @@
-"""The export pipeline as a Python API: model file -> ONNX -> graph surgery -> parity -> manifest.
+"""The export pipeline as a Python API: model file -> ONNX -> graph surgery -> FP16 / INT8 -> parity -> engine ->
+manifest, as small named steps (:data:`STEPS`) over one :class:`~.run.ExportRun`, each announced as a structured
+progress event (:mod:`.events`).  What is task-specific (outputs, decode passes, reference, agreement) the model's
+task says (:mod:`autotimm_deploy.tasks`); file names come from :mod:`autotimm_deploy.layout`.
 
 >>> from autotimm_deploy.demo import demo_model_path
 >>> import tempfile
 >>> manifest = export_model(demo_model_path("detector"), tempfile.mkdtemp(), ExportOptions(), progress=None)
 >>> manifest["parity"]["passed"], [a["role"] for a in manifest["artifacts"]][:2]
 (True, ['onnx-raw', 'onnx'])
+>>> [s.name for s in STEPS]
+['load', 'export', 'surgery', 'fp16', 'int8', 'parity', 'engine']
 """
 
 from __future__ import annotations
@@ -12,143 +17,241 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
-import onnx
-import torch
+from typing import Callable, Dict, Optional
 
 from .. import _json as strict_json
-from .. import __version__
-from .._atomic import atomic_write_bytes, atomic_write_text, cleanup_tmp, remove_file, sha256_file
+from .. import __version__, layout
+from .._atomic import atomic_write_text, cleanup_tmp, remove_file, sha256_file
 from .._memory import release_free_memory
 from ..errors import ExportError
-from ..models.io import LoadedModel, load_model_file
-from .onnx_export import ExportConfig, check_input_size, export_onnx_with_forward, get_metadata, max_stride
+from ..models.readers import load_model_file
+from ..tasks import GraphInfo, task_of
 from .engine_step import check_engine_options, engine_parity, engine_profile, engine_step, fits
+from .events import Reporter
+from .networks import export_network, fp16_network, network_profile, parity_network
+from .onnx_export import ExportConfig, check_input_size, export_onnx_with_forward, get_metadata, max_stride
 from .options import (DECODE_MODES, DEFAULT_ISLANDS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET,  # noqa: F401 (re-exported)
                       ExportOptions, Fp32Islands)
-from .surgery import apply_decode, fold_graph, static_level_sizes
+from .run import NOT_IN_ONNX, ExportRun, io_info, level_sizes, parity_feeds, provenance  # noqa: F401 (re-exported)
 
-__all__ = ["ExportOptions", "export_model", "parity_feeds", "level_sizes", "provenance"]
+__all__ = ["ExportOptions", "export_model", "parity_feeds", "level_sizes", "provenance", "STEPS", "Step"]
 
 Progress = Optional[Callable[[str], None]]
 
 
-#: ExportOptions left out of all recorded provenance: a local folder, which would make the records
-#: depend on where the cache lives (it changes no artifact).
-_NOT_PROVENANCE = ("cache_dir", "calib", "int8_eval")  # INT8: the images are identified by their SHA-256 instead
-#: ExportOptions that change no ONNX file (verification, engine build and cache settings): left out of
-#: the ONNX metadata, so that re-exporting with, say, ``--no-check`` or another ``--engine`` gives the same
-#: ONNX bytes and so the same engine cache key.  Sidecars and the manifest record them.
-NOT_IN_ONNX = ("check", "random_inputs", "demo_images", "min_size", "max_size", "engine", "target_cc",
-               "workspace_mib", "cache", "int8", "calib_count", "calib_method", "int8_max_drop", "int8_repair_steps")
+@dataclass(frozen=True)
+class Step:
+    """One named step: ``run(export)`` when ``applies(options)``."""
+
+    name: str
+    run: Callable[[ExportRun], None]
+    applies: Callable[[ExportOptions], bool] = lambda options: True
 
 
-def provenance(options: ExportOptions, onnx_only: bool = False) -> Dict:
-    """What made an export: toolchain versions and the options (the CLI flags), as recorded in the engine
-    sidecars and the manifest; with ``onnx_only`` the options that shape the ONNX files (all but
-    :data:`NOT_IN_ONNX`), as written into their metadata (key ``autotimm_deploy.provenance``).  No paths,
-    clocks or host names: the same model file and flags give byte-identical ONNX files.
+# -- the steps ------------------------------------------------------------------------------------------------
 
-    >>> sorted(set(provenance(ExportOptions())["options"]) - set(provenance(ExportOptions(), onnx_only=True)["options"]))
-    ['cache', 'calib_count', 'calib_method', 'check', 'demo_images', 'engine', 'int8', 'int8_max_drop', 'int8_repair_steps', 'max_size', 'min_size', 'random_inputs', 'target_cc', 'workspace_mib']
-    """
-    from .._compat import toolchain_versions
+def _export_step(r: ExportRun) -> None:
+    import torch
 
-    skip = _NOT_PROVENANCE + (NOT_IN_ONNX if onnx_only else ())
-    opts = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items() if k not in skip}
-    return {"versions": toolchain_versions(), "options": opts}
-
-
-def level_sizes(size: Tuple[int, int], strides: Sequence[int]) -> List[Tuple[int, int]]:
-    """(H, W) of each FPN level for an input of ``size`` (ceil division, as the max-pool levels)."""
-    out, (h, w) = [], size
-    for s in strides:
-        out.append((-(-h // s), -(-w // s)))
-    return out
-
-
-def parity_feeds(loaded: LoadedModel, size: Tuple[int, int], options: ExportOptions,
-                 stride: int) -> List[Tuple[str, Dict[str, np.ndarray]]]:
-    """Seeded random inputs at the traced shape and synthetic demo images (one batch of ``demo_images``),
-    plus a random input of a second shape where no feed has one yet: another batch size when the demo batch
-    does not already give one (it does at the default 1:1:8 profile: batch 4 next to batch 1), and
-    with ``dynamic_hw`` another H/W always."""
-    from ..demo.shapes import render_classification_sample, render_detection_sample, SPLIT_SEEDS
-    from ..demo.train import to_tensor
-
-    rng = np.random.default_rng(options.seed)
+    options, size = r.options, r.size
     lo, opt, hi = options.batch
-    h, w = size
-    feeds = []
-    for i in range(options.random_inputs):
-        feeds.append((f"random#{i} {opt}x3x{h}x{w}", {"images": rng.standard_normal((opt, 3, h, w), dtype=np.float32)}))
-    second_b = min(hi, opt + 1)  # another batch size (a larger one would only cost time)
-    second_hw = (h + stride, w + 2 * stride) if options.dynamic_hw else (h, w)
-    second = rng.standard_normal((second_b, 3, *second_hw), dtype=np.float32)  # drawn always: same seeds
-    demo = []
-    if options.demo_images:
-        n = min(options.demo_images, hi)
-        base = SPLIT_SEEDS["val"]
-        if loaded.family.task == "detection":
-            imgs = [render_detection_sample(base + k, size=max(h, w))[0][:h, :w] for k in range(n)]
-        else:
-            imgs = [render_classification_sample(base + k, size=max(h, w))[0][:h, :w] for k in range(n)]
-        demo.append((f"{n} synthetic shapes images", {"images": to_tensor(imgs, loaded.metadata["mean"], loaded.metadata["std"]).numpy()}))
-    shapes = {f[1]["images"].shape for f in feeds + demo}
-    other_batch = any(s[0] != opt for s in shapes)
-    if (second_b, second_hw) != (opt, (h, w)) and (options.dynamic_hw or not other_batch):
-        feeds.append((f"random second shape {second_b}x3x{second_hw[0]}x{second_hw[1]}", {"images": second}))
-    return feeds + demo
+    onnx_prov = provenance(options, onnx_only=True)
+    cfg = ExportConfig(input_size=size, batch_size=opt, dynamic_batch=(lo != hi), dynamic_hw=options.dynamic_hw,
+                       opset=options.opset,
+                       metadata={"autotimm_deploy.provenance": json.dumps(onnx_prov, sort_keys=True, separators=(",", ":"))})
+    r.report.start("export", f"exporting ONNX (opset {options.opset}, input {opt}x3x{size[0]}x{size[1]}, "
+                             f"batch {'dynamic' if cfg.dynamic_batch else 'static'}, "
+                             f"H/W {'dynamic' if cfg.dynamic_hw else 'static'})")
+    r.feeds = parity_feeds(r.loaded, size, options, r.stride) if options.check else []
+    first = r.feeds[0][1]["images"] if r.feeds and r.feeds[0][1]["images"].shape == (opt, 3, *size) else None
+    r.raw, forward = export_onnx_with_forward(r.loaded, cfg, None if first is None else torch.from_numpy(first))
+    if first is not None or r.task.extra_networks:  # the traced input's reference: the first parity input's
+        r.first_reference = r.task.reference(r.model, forward, size, r.decode, options.topk)
+    if first is not None:
+        from ..parity.runners import cache_key
+
+        r.reference_cache[cache_key(r.model, r.decode, options.topk, first)] = r.first_reference
+    del forward
+    release_free_memory()  # the exporter's buffers (about 0.6 GB at 640 px)
+    r.exporter = get_metadata(r.raw).get("exporter", "torchscript")
+    r.opset = r.raw.opset_import[0].version
+    if r.exporter != "torchscript":
+        r.say(f"      exported with the {r.exporter}, opset {r.opset}")
+    # from here on the folder's files change: the old manifest goes first, so that it never describes a
+    # mix of old and new files if this run dies (the new manifest is written last)
+    remove_file(r.out_dir / layout.MANIFEST)
+    engine_precision = None if options.engine == "none" else _engine_precision(options)
+    writes = set(layout.written_files(r.task.extra_networks, fp16=options.fp16, int8=options.int8,
+                                      engine_precision=engine_precision, check=options.check))
+    for name in layout.all_files():  # an earlier export's files this one will not replace
+        if name not in writes:
+            remove_file(r.out_dir / name)
+    r.write_onnx(r.raw, layout.onnx_file(raw=True), layout.onnx_role(raw=True), "fp32", "raw")
 
 
-def _io_info(model: onnx.ModelProto) -> Dict[str, List[Dict]]:
-    def info(vs):
-        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in vs]
-    return {"inputs": info(model.graph.input), "outputs": info(model.graph.output)}
+def _surgery_step(r: ExportRun) -> None:
+    from ..tasks.detection.graph import static_level_sizes
+
+    options, family = r.options, r.family
+    fusing = r.decode != "raw" or r.task.per_level_roles
+    r.report.start("surgery", f"graph surgery: decode={r.decode}" + (f", top-k {options.topk}" if options.topk else "")
+                   + (f" ({family.name}: {family.convention})" if fusing else ", constant folding"))
+    static = None
+    if not options.dynamic_hw and r.task.per_level_roles:
+        static = static_level_sizes(r.raw)
+    info = GraphInfo(tuple(getattr(r.model, "strides", None) or ()), r.model.num_classes, static)
+    r.fused = r.task.fuse(r.raw, r.decode, options.topk, family, info)
+    r.raw = None  # written; 100+ MB for a large model, not needed again
+    release_free_memory(collect=False)  # a protobuf has no reference cycles: no collection needed
+    r.onnx_path = r.write_onnx(r.fused, layout.onnx_file(), layout.onnx_role(), "fp32", r.decode)
+    for name in r.task.extra_networks:
+        r.say(f"      {name} network: {layout.onnx_file(network=name)}")
+        export_network(r, name, r.first_reference)
+    if not options.fp16:
+        r.fused = None  # on disk now: parity, INT8 and the engine read the files
 
 
-#: Every file an export may write (the manifest apart).
-_ARTIFACTS = ("model.raw.onnx", "model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx",
-              "int8.calibration.json", "model.engine", "model.engine.json", "model.fp16.engine",
-              "model.fp16.engine.json", "model.int8.engine", "model.int8.engine.json", "parity.json", "parity.md",
-              "inputs.json", "pytorch_outputs.json")
+def _fp16_step(r: ExportRun) -> None:
+    from .fp16 import convert_to_fp16_guarded, probe_inputs
+
+    options = r.options
+    islands = options.islands(r.family)
+    r.report.start("fp16", f"FP16 ONNX: FP32 islands {', '.join(islands.op_types) or '-'} + nodes "
+                           f"{', '.join(islands.node_names) or '-'}"
+                   + ("; overflow guard on extreme inputs" if options.overflow_guard else "; overflow guard off"))
+    meta = r.loaded.metadata
+    probes = [(label, {"images": x}) for label, x in
+              probe_inputs((options.batch[0], 3, *r.size), meta["mean"], meta["std"], options.seed)]
+    m16, r.plan = convert_to_fp16_guarded(r.fused, probes, islands, fp16_input=options.fp16_input,
+                                          guard=options.overflow_guard, progress=r.say)
+    for o in r.plan.overflow:
+        r.say(f"      kept in FP32 to avoid FP16 overflow: {o}")
+    r.fp16_path = r.write_onnx(m16, layout.onnx_file("fp16"), layout.onnx_role("fp16"), "fp16", r.decode)
+    r.fused = None  # on disk now: parity, INT8 and the engine read the files
+    for name in r.task.extra_networks:
+        fp16_network(r, name)
+    plan = r.plan
+    r.entry(r.fp16_path.name)["fp16_plan"] = {"fp16_nodes": plan.fp16_nodes, "fp32_nodes": len(plan.fp32_nodes),
+                                              "casts": plan.casts, "overflow_kept_fp32": [str(o) for o in plan.overflow]}
 
 
-def _stale_artifacts(options: ExportOptions) -> List[str]:
-    """The files of :data:`_ARTIFACTS` this export does not write: left from an earlier export into the same
-    folder (with --fp16, another precision's engine, a parity check), they would sit beside the new manifest.
+def _int8_step(r: ExportRun) -> None:
+    from .int8_step import int8_step
 
-    >>> _stale_artifacts(ExportOptions(engine="none", check=False))[:5]
-    ['model.fp16.onnx', 'model.int8.onnx', 'model.int8-cpu.onnx', 'int8.calibration.json', 'model.engine']
-    """
-    writes = {"model.raw.onnx", "model.onnx"}
-    if options.fp16:
-        writes.add("model.fp16.onnx")
-    if options.int8:
-        writes |= {"model.int8.onnx", "model.int8-cpu.onnx", "int8.calibration.json"}
-    if options.engine != "none":
-        engine = "model.int8.engine" if options.int8 else ("model.fp16.engine" if options.fp16 else "model.engine")
-        writes |= {engine, engine + ".json"}
-    if options.check:
-        writes |= {"parity.json", "parity.md", "inputs.json", "pytorch_outputs.json"}
-    return [n for n in _ARTIFACTS if n not in writes]
+    r.report.start("int8", _int8_title(r.options))
+    fused_io = {k: r.entry(r.onnx_path.name)[k] for k in ("inputs", "outputs")}
+    r.int8_report, arts = int8_step(r.say, r.options, r.loaded, r.model_path, r.onnx_path, r.out_dir, r.size)
+    r.artifacts += [dict(a, decode=r.decode, **fused_io) if "precision" in a else a for a in arts]
 
 
-class _Steps:
-    """Numbered progress lines with the total known up front."""
+def _int8_title(o: ExportOptions) -> str:
+    return (f"INT8 ONNX: calibrating on {o.calib} ({o.calib_method}, up to {o.calib_count} images), "
+            f"gate on {o.int8_eval} (max drop {o.int8_max_drop:g} points)")
 
-    def __init__(self, say: Callable[[str], None], total: int) -> None:
-        self.say, self.total, self.n = say, total, 0
 
-    def __call__(self, text: str) -> None:
-        self.n += 1
-        self.say(f"[{self.n}/{self.total}] {text}")
+def _parity_step(r: ExportRun) -> None:
+    from ..parity.check import run_parity
+
+    options = r.options
+    if not options.check:
+        r.report.start("parity", "parity check skipped (--no-check)")
+        return
+    targets = [(r.onnx_path, "fp32")] + ([(r.fp16_path, "fp16")] if r.fp16_path else [])
+    r.report.start("parity", f"parity vs PyTorch on {len(r.feeds)} inputs: {', '.join(p.name for p, _ in targets)} "
+                             "(Polygraphy, ONNX Runtime CPU)")
+    reports = []
+    for k, (path, precision) in enumerate(targets):
+        rep = run_parity(r.model, path, r.feeds, r.decode, options.topk, precision=precision,
+                         save_dir=r.out_dir if k == 0 else None, reference_cache=r.reference_cache, progress=r.say)
+        if precision == "fp16" and not rep.passed and options.fp16_repair_steps:
+            rep = _repair_fp16(r, rep)
+        reports.append(rep)
+        r.say(f"      {path.name}: {'PASS' if rep.passed else 'FAIL'} ({rep.summary()})")
+        r.entry(path.name)["parity"] = "pass" if rep.passed else "fail"
+    if r.task.extra_networks:  # on the boxes PyTorch detects on the same inputs
+        main_reference = [dict(res) for res in reports[0].results[0]]
+        sizes = [tuple(f["images"].shape[-2:]) for _, f in r.feeds]
+        for name in r.task.extra_networks:
+            reports += parity_network(r, name, main_reference, sizes)
+    r.parity = {"passed": all(rep.passed for rep in reports), "reports": [rep.to_dict() for rep in reports],
+                "markdown": [rep.to_markdown() for rep in reports]}
+    if r.plan is not None and r.plan.repair:  # which blocks the FP16 repair kept in FP32, and their measured effect
+        from .fp16_repair import repair_markdown
+
+        r.parity["fp16_repair"] = r.plan.repair
+        r.parity["markdown"].append(repair_markdown(r.plan.repair))
+    if r.int8_report is not None:  # its gate already passed (a failing one stops the export)
+        from .int8_repair import int8_markdown
+
+        r.parity["int8"] = r.int8_report.to_dict()
+        r.parity["markdown"].append(int8_markdown(r.int8_report))
+    r.artifacts += [{"role": role, "file": file} for role, file in layout.REPORTS.items() if role.startswith("polygraphy")]
+
+
+def _repair_fp16(r: ExportRun, rep):
+    """FP16 parity failed: the repair of :mod:`.fp16_repair`, then the FP16 artifact's entry brought up to date."""
+    from ..parity.check import run_parity
+    from .fp16_repair import repair_fp16
+
+    r.say(f"      {r.fp16_path.name}: FAIL ({rep.summary()}): repairing")
+    check = lambda: run_parity(r.model, r.fp16_path, r.feeds, r.decode, r.options.topk, precision="fp16",  # noqa: E731
+                               reference_cache=r.reference_cache)
+    last, r.plan, history = repair_fp16(r.onnx_path, r.fp16_path, r.plan, r.options.islands(r.family), r.options.fp16_input,
+                                        check, r.feeds[0][1], r.options.fp16_repair_steps, r.say)
+    r.plan.repair = [{"step": 0, "kept_fp32": [], "passed": False, "summary": rep.summary()}] + [vars(h) for h in history]
+    entry = r.entry(r.fp16_path.name)
+    entry.update(sha256=sha256_file(r.fp16_path))
+    entry["fp16_plan"].update(fp16_nodes=r.plan.fp16_nodes, fp32_nodes=len(r.plan.fp32_nodes), casts=r.plan.casts,
+                              repair_kept_fp32=[k["block"] for h in history for k in h.kept_fp32])
+    return last if last is not None else rep
+
+
+def _engine_step(r: ExportRun) -> None:
+    import time
+
+    t = time.time()
+    r.engine_info = engine_step(lambda text: r.report.start("engine", text), r.say, r.options, r.library, r.onnx_path, r.fp16_path, r.plan,
+                                r.profile, r.loaded, r.out_dir, provenance(r.options))
+    r.timings["engine_build"] = time.time() - t
+    art = r.engine_info["artifact"]
+    r.artifacts += [art, {"role": "engine-sidecar", "file": layout.sidecar_file(art["file"])}]
+    for name in r.task.extra_networks:  # its inputs' profile from the main one's: batch, spatial dims, boxes
+        onnx_path = r.out_dir / layout.onnx_file(network=name)
+        fp16_path = r.out_dir / layout.onnx_file("fp16", name) if r.options.fp16 else None
+        stride, rois = r.task.network_dims(r.family, name, r.options.batch)
+        profile = network_profile(onnx_path, r.profile, stride, rois)
+        info = engine_step(r.say, r.say, r.options, r.library, onnx_path, fp16_path, None, profile, r.loaded,
+                           r.out_dir, provenance(r.options), network=name)
+        r.engine_info.setdefault("networks", {})[name] = {k: v for k, v in info.items() if k != "artifact"}
+        r.artifacts += [info["artifact"], {"role": "engine-sidecar", "file": layout.sidecar_file(info["artifact"]["file"])}]
+    if r.options.check:
+        t = time.time()
+        r.engine_info["parity"] = engine_parity(r.say, r.model, r.out_dir / art["file"],
+                                                [f for f in r.feeds if fits(f[1]["images"].shape, r.profile)],
+                                                r.decode, r.options, r.parity, r.reference_cache)
+        r.timings["engine_parity"] = time.time() - t
+        art["parity"] = r.engine_info["parity"]["status"]
+
+
+#: The export, step by step: ``load`` runs before the output folder is touched (every refusal leaves nothing
+#: behind); the others in order.
+STEPS = (
+    Step("load", lambda r: None),
+    Step("export", _export_step),
+    Step("surgery", _surgery_step),
+    Step("fp16", _fp16_step, lambda o: o.fp16),
+    Step("int8", _int8_step, lambda o: o.int8),
+    Step("parity", _parity_step),
+    Step("engine", _engine_step, lambda o: o.engine != "none"),
+)
+
+
+# -- the pipeline --------------------------------------------------------------------------------------------
+
+def _engine_precision(options: ExportOptions) -> str:
+    return "int8" if options.int8 else ("fp16" if options.fp16 else "fp32")
 
 
 def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[ExportOptions] = None,
@@ -160,29 +263,28 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     written last, so a folder with a manifest holds every file it lists, complete and matching its
     SHA-256, and an interrupted re-export leaves no manifest (``scripts/kill_test.py`` checks this).
 
-    Artifacts: ``model.raw.onnx`` (raw per-level outputs), ``model.onnx`` (with ``options.decode``
-    fused), with ``fp16`` ``model.fp16.onnx`` (FP32 islands, overflow guard), an engine
-    (``model.engine`` / ``model.fp16.engine`` + ``.json`` sidecar) unless ``engine="none"``, and the
-    parity reports ``parity.json``/``parity.md`` with Polygraphy's ``inputs.json``/``pytorch_outputs.json``.
+    Artifacts (names: :mod:`autotimm_deploy.layout`): ``model.raw.onnx`` (raw outputs), ``model.onnx`` (with
+    ``options.decode`` fused), with ``fp16`` ``model.fp16.onnx`` (FP32 islands, overflow guard), with ``int8`` the
+    two Q/DQ forms, an engine (+ ``.json`` sidecar) unless ``engine="none"``, and the parity reports
+    ``parity.json``/``parity.md`` with Polygraphy's ``inputs.json``/``pytorch_outputs.json``.  ``progress`` receives
+    each line as an :class:`~.events.Event` (a ``str`` that also names its step).
     """
     options = options if options is not None else ExportOptions()
-    say = progress or (lambda s: None)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"--out {out_dir} is an existing file, not a folder: choose another --out")
-    step = _Steps(say, 4 + options.fp16 + options.int8 + (options.engine != "none"))
-    steps: Dict[str, float] = {}
-    t0 = time.time()
-    step(f"loading {model_path}")
+    steps = [s for s in STEPS if s.applies(options)]
+    report = Reporter(progress, [s.name for s in steps])
+    report.start("load", f"loading {model_path}")
     loaded = load_model_file(model_path, options.overrides())
-    steps["load"] = time.time() - t0
+    task = task_of(loaded.family)
+    decode = options.decode or task.default_decode
+    task.check_decode(decode, options.topk)
     stride = max_stride(loaded.model)
     size = loaded.metadata.get("input_size")
     if size is None:
         raise ExportError(f"{model_path} records no input size; pass --input-size H W")
     size = check_input_size(size, stride)
-    if loaded.family.task != "detection" and (options.decode == "activations" or options.topk):
-        raise ExportError("--decode activations and --topk apply to detectors only; a classifier exports `logits`")
     profile = engine_profile(size, options, stride)  # validates --min-size/--max-size before any work
     library = None
     if options.engine != "none":
@@ -190,220 +292,65 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
 
         library = select_library(options.engine)  # an unusable --engine fails now, not after the export
         check_engine_options(options, library[0])
+    r = ExportRun(model_path, out_dir, options, loaded, task, decode, size, stride, profile, library, report)
     # every refusal above leaves no folder behind; a folder this run creates goes again if the run fails
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return _export(loaded, model_path, out_dir, size, stride, profile, library, options, step, say, steps)
+        cleanup_tmp(out_dir)  # what a killed export left behind (one export per output folder at a time)
+        for step in steps[1:]:
+            step.run(r)
+        report.finish()
+        return _write_manifest(r)
     except BaseException:
         if created:
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
 
 
-def _export(loaded: LoadedModel, model_path, out_dir: Path, size: Tuple[int, int], stride: int, profile, library,
-            options: ExportOptions, step: "_Steps", say, steps: Dict[str, float]) -> Dict:
-    cleanup_tmp(out_dir)  # what a killed export left behind (one export per output folder at a time)
-    model = loaded.model
-    family = loaded.family
-    detection = family.task == "detection"
-    lo, opt, hi = options.batch
-    prov = provenance(options)
-    onnx_prov = provenance(options, onnx_only=True)
-    cfg = ExportConfig(input_size=size, batch_size=opt, dynamic_batch=(lo != hi), dynamic_hw=options.dynamic_hw,
-                       opset=options.opset,
-                       metadata={"autotimm_deploy.provenance": json.dumps(onnx_prov, sort_keys=True, separators=(",", ":"))})
-    t = time.time()
-    step(f"exporting ONNX (opset {options.opset}, input {opt}x3x{size[0]}x{size[1]}, "
-         f"batch {'dynamic' if cfg.dynamic_batch else 'static'}, H/W {'dynamic' if cfg.dynamic_hw else 'static'})")
-    feeds = parity_feeds(loaded, size, options, stride) if options.check else []
-    first = feeds[0][1]["images"] if feeds and feeds[0][1]["images"].shape == (opt, 3, *size) else None
-    raw, forward = export_onnx_with_forward(loaded, cfg, None if first is None else torch.from_numpy(first))
-    decode = options.decode if detection else "raw"
-    reference_cache: Dict = {}  # PyTorch runs once per parity input, for every artifact
-    if first is not None:  # the export's own forward pass is the reference for the first parity input
-        from ..parity.runners import cache_key, reference_from_forward
-
-        reference_cache[cache_key(model, decode, options.topk, first)] = reference_from_forward(
-            model, forward, size, decode, options.topk)
-    del forward
-    release_free_memory()  # the exporter's buffers (about 0.6 GB at 640 px)
-    steps["export"] = time.time() - t
-    exporter = get_metadata(raw).get("exporter", "torchscript")
-    raw_opset = raw.opset_import[0].version
-    if exporter != "torchscript":
-        say(f"      exported with the {exporter}, opset {raw_opset}")
-    artifacts = []
-    raw_path = out_dir / "model.raw.onnx"
-    # from here on the folder's files change: the old manifest goes first, so that it never describes a
-    # mix of old and new files if this run dies (the new manifest is written last)
-    remove_file(out_dir / "manifest.json")
-    for name in _stale_artifacts(options):  # an earlier export's files this one will not replace
-        remove_file(out_dir / name)
-    atomic_write_bytes(raw_path, raw.SerializeToString())
-    artifacts.append({"role": "onnx-raw", "file": raw_path.name, "precision": "fp32", "decode": "raw", **_io_info(raw),
-                      "sha256": sha256_file(raw_path)})
-    t = time.time()
-    step(f"graph surgery: decode={decode}" + (f", top-k {options.topk}" if options.topk else "")
-         + (f" ({family.name}: {family.convention})" if detection else ", constant folding"))
-    if detection:
-        static_hw = None if options.dynamic_hw else static_level_sizes(raw)
-        fused = apply_decode(raw, decode, model.strides, model.num_classes, static_hw, options.topk, family)
-    else:
-        fused = fold_graph(raw)
-    del raw  # written; 100+ MB for a large model, not needed again
-    release_free_memory(collect=False)  # a protobuf has no reference cycles: no collection needed
-    steps["surgery"] = time.time() - t
-    onnx_path = out_dir / "model.onnx"
-    atomic_write_bytes(onnx_path, fused.SerializeToString())
-    artifacts.append({"role": "onnx", "file": onnx_path.name, "precision": "fp32", "decode": decode, **_io_info(fused),
-                      "sha256": sha256_file(onnx_path)})
-    fp16_path, plan = None, None
-    if options.fp16:
-        t = time.time()
-        fp16_path, plan, fp16_io = _fp16_step(step, fused, loaded, size, options, out_dir)
-        steps["fp16"] = time.time() - t
-        artifacts.append({"role": "onnx-fp16", "file": fp16_path.name, "precision": "fp16", "decode": decode,
-                          **fp16_io, "sha256": sha256_file(fp16_path),
-                          "fp16_plan": {"fp16_nodes": plan.fp16_nodes, "fp32_nodes": len(plan.fp32_nodes),
-                                        "casts": plan.casts, "overflow_kept_fp32": [str(o) for o in plan.overflow]}})
-    fused_io = _io_info(fused)
-    del fused  # on disk now: parity, INT8 and the engine read the files
-    int8_report = None
-    if options.int8:
-        from .int8_step import int8_step
-
-        t = time.time()
-        int8_report, int8_artifacts = int8_step(step, say, options, loaded, model_path, onnx_path, out_dir, size)
-        steps["int8"] = time.time() - t
-        artifacts += [dict(a, decode=decode, **fused_io) if "precision" in a else a for a in int8_artifacts]
-    parity: Optional[Dict] = None
-    if options.check:
-        from ..parity.check import FP16_TOLERANCES, FP32_TOLERANCES, run_parity
-
-        t = time.time()
-        targets = [(onnx_path, FP32_TOLERANCES)] + ([(fp16_path, FP16_TOLERANCES)] if fp16_path else [])
-        step(f"parity vs PyTorch on {len(feeds)} inputs: {', '.join(p.name for p, _ in targets)} "
-             "(Polygraphy, ONNX Runtime CPU)")
-        reports = []
-        for k, (path, tol) in enumerate(targets):
-            rep = run_parity(model, path, feeds, decode, options.topk, tolerances=tol, save_dir=out_dir if k == 0 else None,
-                             reference_cache=reference_cache, progress=say)
-            if path == fp16_path and not rep.passed and options.fp16_repair_steps:
-                rep, plan = _repair_fp16(rep, model, onnx_path, fp16_path, plan, feeds, decode, options, reference_cache,
-                                         say, artifacts)
-            reports.append(rep)
-            say(f"      {path.name}: {'PASS' if rep.passed else 'FAIL'} ({rep.summary()})")
-            for a in artifacts:
-                if a["file"] == path.name:
-                    a["parity"] = "pass" if rep.passed else "fail"
-        steps["parity"] = time.time() - t
-        parity = {"passed": all(r.passed for r in reports), "reports": [r.to_dict() for r in reports],
-                  "markdown": [r.to_markdown() for r in reports]}
-        if plan is not None and plan.repair:  # which blocks the FP16 repair kept in FP32, and their measured effect
-            from .fp16_repair import repair_markdown
-
-            parity["fp16_repair"] = plan.repair
-            parity["markdown"].append(repair_markdown(plan.repair))
-        if int8_report is not None:  # its gate already passed (a failing one stops the export)
-            from .int8_repair import int8_markdown
-
-            parity["int8"] = int8_report.to_dict()
-            parity["markdown"].append(int8_markdown(int8_report))
-        artifacts += [{"role": "polygraphy-inputs", "file": "inputs.json"},
-                      {"role": "polygraphy-reference-outputs", "file": "pytorch_outputs.json"}]
-    else:
-        step("parity check skipped (--no-check)")
-    engine_info = None
-    if options.engine != "none":
-        t = time.time()
-        engine_info = engine_step(step, say, options, library, onnx_path, fp16_path, plan, profile, loaded, out_dir,
-                                  prov)
-        steps["engine_build"] = time.time() - t
-        artifacts.append(engine_info["artifact"])
-        artifacts.append({"role": "engine-sidecar", "file": engine_info["artifact"]["file"] + ".json"})
-        if options.check:
-            t = time.time()
-            engine_info["parity"] = engine_parity(say, model, out_dir / engine_info["artifact"]["file"],
-                                                   [f for f in feeds if fits(f[1]["images"].shape, profile)],
-                                                   decode, options, parity, reference_cache)
-            steps["engine_parity"] = time.time() - t
-            engine_info["artifact"]["parity"] = engine_info["parity"]["status"]
-    if parity is not None:
-        md = parity.pop("markdown")
-        if engine_info is not None:
-            parity["engine"] = engine_info["parity"]
-            md.append(f"# Engine `{engine_info['artifact']['file']}`\n\n{engine_info['parity']['summary']}\n")
-        atomic_write_text(out_dir / "parity.json", strict_json.dumps(parity, indent=2) + "\n")
-        atomic_write_text(out_dir / "parity.md", "\n".join(md))
-        artifacts += [{"role": "parity-report", "file": "parity.json"}, {"role": "parity-report-md", "file": "parity.md"}]
-    for a in artifacts:  # the manifest records every file's SHA-256 (those not hashed when written, now)
+def _write_manifest(r: ExportRun) -> Dict:
+    options, loaded, out_dir = r.options, r.loaded, r.out_dir
+    if r.parity is not None:
+        md = r.parity.pop("markdown")
+        if r.engine_info is not None:
+            r.parity["engine"] = r.engine_info["parity"]
+            md.append(f"# Engine `{r.engine_info['artifact']['file']}`\n\n{r.engine_info['parity']['summary']}\n")
+        atomic_write_text(out_dir / layout.REPORTS["parity-report"], strict_json.dumps(r.parity, indent=2) + "\n")
+        atomic_write_text(out_dir / layout.REPORTS["parity-report-md"], "\n".join(md))
+        r.artifacts += [{"role": role, "file": file} for role, file in layout.REPORTS.items()
+                        if role.startswith("parity")]
+    for a in r.artifacts:  # the manifest records every file's SHA-256 (those not hashed when written, now)
         a.setdefault("sha256", sha256_file(out_dir / a["file"]))
+    timings = {k: v for k, v in r.report.seconds.items() if k != "engine"}
+    timings.update(r.timings)
+    src = Path(r.model_path).resolve()
     manifest = {
         "autotimm_deploy_version": __version__,
         # absolute, so the folder works from any directory; relative to the folder too, so that moving the folder
         # and the model file together keeps it working
-        "source": {"path": str(Path(model_path).resolve()),
-                   "relative_to_export": os.path.relpath(Path(model_path).resolve(), out_dir.resolve()),
+        "source": {"path": str(src), "relative_to_export": os.path.relpath(src, out_dir.resolve()),
                    "sha256": loaded.sha256, "task": loaded.task, "config": loaded.config,
                    "overrides": options.overrides().to_dict(), **({"autotimm": loaded.metadata["autotimm"]}
                                                                   if "autotimm" in loaded.metadata else {})},
-        "family": family.to_dict(),
-        "input_size": list(size),
+        "family": r.family.to_dict(),
+        "input_size": list(r.size),
         "batch": list(options.batch),
         "dynamic_hw": options.dynamic_hw,
-        "onnx_exporter": {"path": exporter.split(" ")[0], "opset": raw_opset,
-                          "why": None if exporter == "torchscript" else exporter},
+        "onnx_exporter": {"path": r.exporter.split(" ")[0], "opset": r.opset,
+                          "why": None if r.exporter == "torchscript" else r.exporter},
         "options": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(options).items()},
-        "artifacts": artifacts,
-        "parity": parity,
-        "engine": None if engine_info is None else {k: v for k, v in engine_info.items() if k != "artifact"},
-        "timings_s": {k: round(v, 3) for k, v in steps.items()},
-        "provenance": prov,
+        "artifacts": r.artifacts,
+        "parity": r.parity,
+        "engine": None if r.engine_info is None else {k: v for k, v in r.engine_info.items() if k != "artifact"},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "provenance": provenance(options),
     }
-    if plan is not None:
-        manifest["fp16"] = plan.to_dict()
-    if int8_report is not None:
-        manifest["int8"] = int8_report.to_dict()
-    if detection:
-        manifest["strides"] = list(model.strides)
+    if r.plan is not None:
+        manifest["fp16"] = r.plan.to_dict()
+    if r.int8_report is not None:
+        manifest["int8"] = r.int8_report.to_dict()
+    if getattr(r.model, "strides", None):
+        manifest["strides"] = list(r.model.strides)
     manifest["class_names"] = loaded.metadata.get("class_names")
-    atomic_write_text(out_dir / "manifest.json", strict_json.dumps(manifest, indent=2) + "\n")  # written last
+    atomic_write_text(out_dir / layout.MANIFEST, strict_json.dumps(manifest, indent=2) + "\n")  # written last
     return manifest
-
-
-def _fp16_step(step, fused: onnx.ModelProto, loaded: LoadedModel, size: Tuple[int, int], options: ExportOptions,
-               out_dir: Path):
-    from .fp16 import convert_to_fp16_guarded, probe_inputs
-
-    islands = options.islands()
-    step(f"FP16 ONNX: FP32 islands {', '.join(islands.op_types) or '-'} + nodes {', '.join(islands.node_names) or '-'}"
-         + ("; overflow guard on extreme inputs" if options.overflow_guard else "; overflow guard off"))
-    probes = [(label, {"images": x}) for label, x in
-              probe_inputs((options.batch[0], 3, *size), loaded.metadata["mean"], loaded.metadata["std"], options.seed)]
-    m16, plan = convert_to_fp16_guarded(fused, probes, islands, fp16_input=options.fp16_input,
-                                        guard=options.overflow_guard, progress=step.say)
-    for o in plan.overflow:
-        step.say(f"      kept in FP32 to avoid FP16 overflow: {o}")
-    path = out_dir / "model.fp16.onnx"
-    atomic_write_bytes(path, m16.SerializeToString())
-    return path, plan, _io_info(m16)
-
-
-def _repair_fp16(rep, model, onnx_path: Path, fp16_path: Path, plan, feeds, decode: str, options: ExportOptions,
-                 reference_cache: Dict, say, artifacts: List[Dict]):
-    """FP16 parity failed: the repair of :mod:`.fp16_repair`, then the FP16 artifact's entry brought up to date."""
-    from ..parity.check import FP16_TOLERANCES, run_parity
-    from .fp16_repair import repair_fp16
-
-    say(f"      {fp16_path.name}: FAIL ({rep.summary()}): repairing")
-    check = lambda: run_parity(model, fp16_path, feeds, decode, options.topk, tolerances=FP16_TOLERANCES,  # noqa: E731
-                               reference_cache=reference_cache)
-    last, plan, history = repair_fp16(onnx_path, fp16_path, plan, options.islands(), options.fp16_input, check,
-                                      feeds[0][1], options.fp16_repair_steps, say)
-    plan.repair = [{"step": 0, "kept_fp32": [], "passed": False, "summary": rep.summary()}] + [vars(h) for h in history]
-    entry = next(a for a in artifacts if a["file"] == fp16_path.name)
-    entry.update(sha256=sha256_file(fp16_path))
-    entry["fp16_plan"].update(fp16_nodes=plan.fp16_nodes, fp32_nodes=len(plan.fp32_nodes), casts=plan.casts,
-                              repair_kept_fp32=[k["block"] for h in history for k in h.kept_fp32])
-    return (last if last is not None else rep), plan

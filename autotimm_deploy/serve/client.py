@@ -13,7 +13,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from ..engines.images import ImageLike, load_image
+from ..errors import AutotimmError
+from ..images import ImageLike, load_image
 
 __all__ = ["encode_image", "TritonModelClient", "LoadResult", "run_load"]
 
@@ -50,7 +51,7 @@ class TritonModelClient:
                                                     "outputs": [{"name": o.name} for o in meta.outputs]}
         self.input = meta["inputs"][0]
         self.outputs = [o["name"] for o in meta["outputs"]]
-        self.task = "classification" if "probs" in self.outputs else "detection"
+        self.task = _task_of_outputs(self.outputs)
         self.class_names = list(class_names) if class_names is not None else None
 
     def _input(self, images: Sequence[ImageLike]):
@@ -72,24 +73,30 @@ class TritonModelClient:
 
     def predict(self, images: Sequence[ImageLike]):
         """One :class:`Detections` or :class:`Classification` per image, as ``Predictor.predict`` returns."""
-        from ..engines.predictor import Classification, Detections
+        from ..tasks import get_task
         from .steps import decode_images
 
         out = self.infer_raw(images)
         names = self.class_names or []
-        if self.task == "classification":
-            return [Classification(p, list(names)) for p in out["probs"]]
+        task = get_task(self.task)
         results = []
         for i, im in enumerate(images):
-            n = int(out["num_detections"][i, 0])
-            labels = out["labels"][i, :n].astype(np.int64)
             h, w = (decode_images([im])[0] if isinstance(im, bytes) else load_image(im)).shape[:2]
-            results.append(Detections(out["boxes"][i, :n], out["scores"][i, :n], labels,
-                                      [names[l] if l < len(names) else str(l) for l in labels], w, h))
+            results.append(task.from_triton(out, i, w, h, names))
         return results
 
     def close(self) -> None:
         self.client.close()
+
+
+def _task_of_outputs(outputs) -> str:
+    """The task whose Triton outputs an ensemble has."""
+    from ..tasks import get_task, task_names
+
+    for name in task_names():
+        if {t.name for t in get_task(name).triton_outputs(1, 1)} == set(outputs):
+            return name
+    raise AutotimmError(f"the model's outputs {sorted(outputs)} are not those of an autotimm-deploy ensemble")
 
 
 @dataclass

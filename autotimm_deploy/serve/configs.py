@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from ..images import LETTERBOX_FIELDS
+from ..tasks import get_task
 from .pbtxt import DTYPES, Enum
 
 __all__ = ["Tensor", "Plan", "POST_NAMES", "preprocess_config", "network_config", "postprocess_config", "ensemble_config",
@@ -50,6 +52,7 @@ class Plan:
     kind: str  # KIND_GPU | KIND_CPU
     step_instances: int
     top_k: int = 5
+    num_classes: int = 0
     step_params: Dict[str, str] = field(default_factory=dict)  # postprocess thresholds
     network_params: Dict[str, str] = field(default_factory=dict)
     notes: str = ""  # written as comments into the network's config
@@ -78,7 +81,7 @@ def _image_input(encoded: bool) -> Tensor:
 
 def preprocess_config(plan: Plan, encoded: bool) -> Dict:
     net_in = plan.net_inputs[0]
-    out = [Tensor(net_in.name, net_in.dtype, [3, *plan.input_hw]), Tensor("letterbox", "float32", [5])]
+    out = [Tensor(net_in.name, net_in.dtype, [3, *plan.input_hw]), Tensor("letterbox", "float32", [len(LETTERBOX_FIELDS)])]
     what = "encoded images (JPEG/PNG/... bytes)" if encoded else "uint8 HxWx3 RGB images"
     return _python(plan, f"{plan.name}_preprocess{'' if encoded else '_uint8'}", [_image_input(encoded)], out,
                    {"step": "preprocess", "input_dtype": net_in.dtype},
@@ -99,22 +102,20 @@ def network_config(plan: Plan) -> Dict:
 
 
 def ensemble_outputs(plan: Plan) -> List[Tensor]:
-    """The ensemble's outputs (and the post-processing step's, renamed by :func:`ensemble_config`)."""
-    if plan.task == "classification":
-        num = plan.net_outputs[0].dims[-1]
-        return [Tensor("probs", "float32", [num], label_filename="labels.txt"),
-                Tensor("top_labels", "int32", [plan.top_k]), Tensor("top_scores", "float32", [plan.top_k])]
-    return [Tensor("boxes", "float32", [-1, 4]), Tensor("scores", "float32", [-1]),
-            Tensor("labels", "int32", [-1], label_filename="labels.txt"), Tensor("num_detections", "int32", [1])]
+    """The ensemble's outputs, as the model's task lays out its results (and the post-processing step's, renamed by
+    :func:`ensemble_config`)."""
+    return [Tensor(t.name, t.dtype, list(t.dims), label_filename="labels.txt" if t.labels else None)
+            for t in get_task(plan.task).triton_outputs(plan.num_classes, plan.top_k)]
 
 
 #: post-processing step output -> ensemble output (a step cannot have an input and an output both named "boxes")
-POST_NAMES = {"boxes": "detection_boxes", "scores": "detection_scores", "labels": "detection_labels"}
+POST_NAMES = {"boxes": "detection_boxes", "scores": "detection_scores", "labels": "detection_labels",
+              "masks": "detection_masks"}
 
 
 def postprocess_config(plan: Plan) -> Dict:
     outs = [Tensor(POST_NAMES.get(t.name, t.name), t.dtype, t.dims, t.label_filename) for t in ensemble_outputs(plan)]
-    return _python(plan, f"{plan.name}_postprocess", plan.net_outputs + [Tensor("letterbox", "float32", [5])], outs,
+    return _python(plan, f"{plan.name}_postprocess", plan.net_outputs + [Tensor("letterbox", "float32", [len(LETTERBOX_FIELDS)])], outs,
                    {"step": "postprocess", "top_k": str(plan.top_k), **plan.step_params},
                    "decode what the graph did not fuse + the family's NMS, boxes mapped back to image pixels "
                    "(autotimm_deploy.serve.steps)")

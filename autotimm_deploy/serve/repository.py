@@ -12,63 +12,19 @@ import json
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from .._atomic import atomic_write_text
 from ..errors import AutotimmError
 from .configs import Plan, Tensor, ensemble_config, network_config, postprocess_config, preprocess_config
+from .options import NETWORKS, TritonOptions  # noqa: F401 (re-exported)
 from .pbtxt import to_pbtxt, validate_config
 
 __all__ = ["TritonOptions", "NETWORKS", "write_repository"]
 
-NETWORKS = ("auto", "tensorrt", "onnxruntime", "python")
-PRECISIONS = ("auto", "fp32", "fp16", "int8")
-KINDS = ("auto", "gpu", "cpu")
 _ONNX_ROLE = {"fp32": "onnx", "fp16": "onnx-fp16"}
-
-
-@dataclass
-class TritonOptions:
-    """How the repository is made.  ``network``: ``auto`` (the engine as ``tensorrt_plan`` when full TensorRT built
-    it, else the ONNX as ``onnxruntime_onnx``), ``tensorrt``, ``onnxruntime`` or ``python`` (the CPU variant:
-    ONNX Runtime on Triton's Python backend through autotimm-deploy's runtime).  ``precision`` picks the ONNX
-    (``auto``: FP16 on a GPU when exported, else FP32; an engine has its own).  ``kind``: the network's instance
-    group (``auto``: GPU for ``tensorrt``/``onnxruntime``, CPU for ``python``)."""
-
-    name: Optional[str] = None  # default: the model file's stem
-    network: str = "auto"
-    precision: str = "auto"
-    max_batch_size: Optional[int] = None  # default: the export's largest batch
-    preferred_batch: Optional[Tuple[int, ...]] = None  # default: the export's optimum and largest batch (above 1)
-    max_queue_delay_us: int = 1000
-    instances: int = 1
-    kind: str = "auto"
-    step_instances: int = 1  # pre/post-processing instances (CPU)
-    score_thresh: Optional[float] = None  # None: the model's own (as Predictor.predict)
-    iou_thresh: Optional[float] = None
-    max_detections: Optional[int] = None
-    top_k: int = 5
-    threads: int = 0  # ONNX Runtime intra-op threads of the Python network (0: ONNX Runtime's default)
-
-    def validate(self) -> "TritonOptions":
-        for key, allowed in (("network", NETWORKS), ("precision", PRECISIONS), ("kind", KINDS)):
-            if getattr(self, key) not in allowed:
-                raise AutotimmError(f"triton {key} must be one of {', '.join(allowed)}, got {getattr(self, key)!r}")
-        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", self.name):
-            raise AutotimmError(f"triton model name {self.name!r}: use letters, digits, '_', '-' and '.'")
-        for key in ("instances", "step_instances", "top_k"):
-            if getattr(self, key) < 1:
-                raise AutotimmError(f"triton {key} must be at least 1, got {getattr(self, key)}")
-        if self.max_queue_delay_us < 0 or self.threads < 0:
-            raise AutotimmError("triton max queue delay and threads must be >= 0")
-        if self.max_batch_size is not None and self.max_batch_size < 1:
-            raise AutotimmError(f"triton max batch size must be at least 1, got {self.max_batch_size}")
-        if self.network == "tensorrt" and self.precision not in ("auto",):
-            raise AutotimmError("the precision chooses an ONNX; a tensorrt_plan network is the engine, whose "
-                                "precision was set at export")
-        return self
 
 
 def _tensors(specs: List[Dict]) -> List[Tensor]:
@@ -109,6 +65,21 @@ def _choose(manifest: Dict, opts: TritonOptions) -> Tuple[str, Dict, str, str]:
     if role not in arts:
         raise AutotimmError(f"the export has no {precision.upper()} ONNX ({role}): re-export with --{precision}")
     return network, arts[role], kind, f"{arts[role]['file']} ({precision})"
+
+
+def _extra_networks(export_dir: Path, onnx_file: str, task: str) -> Dict[str, Path]:
+    """The ONNX of each extra network of the task (instance segmentation's mask head), as the runtime pairs them
+    with the network's ONNX."""
+    from .. import layout
+    from ..tasks import get_task
+
+    out = {}
+    for net in get_task(task).extra_networks:
+        found = [export_dir / f for f in layout.siblings(onnx_file, net) if (export_dir / f).exists()]
+        if not found:
+            raise AutotimmError(f"{export_dir}: the {net} network ({layout.onnx_file(network=net)}) is missing")
+        out[net] = found[0]
+    return out
 
 
 def _onnx_metadata(path: Path) -> Dict[str, str]:
@@ -179,8 +150,8 @@ def write_repository(export_dir: str | Path, repo_dir: str | Path, options: Opti
                 step_instances=opts.step_instances, top_k=opts.top_k,
                 step_params={k: "" if v is None else str(v) for k, v in post.items()},
                 network_params={"onnx": "model.onnx", "threads": str(opts.threads)}, notes=notes)
-    if plan.task == "classification":
-        plan.top_k = min(plan.top_k, plan.net_outputs[0].dims[-1])
+    plan.num_classes = len(manifest["class_names"] or []) or int(manifest["source"]["config"].get("num_classes", 0))
+    plan.top_k = min(plan.top_k, plan.num_classes)
     labels = "\n".join(manifest["class_names"]) + "\n"
     meta_json = json.dumps(meta, indent=1)
     repo_dir.mkdir(parents=True, exist_ok=True)
@@ -198,8 +169,11 @@ def write_repository(export_dir: str | Path, repo_dir: str | Path, options: Opti
         else:
             files = {net["default_model_filename"]: export_dir / art["file"]}
         models.append(_write_model(tmp, net, {}, files))
-        models.append(_write_model(tmp, postprocess_config(plan), {"labels.txt": labels},
-                                   {"model.py": _model_py("postprocess", name), "model.json": meta_json}))
+        post_files = {"model.py": _model_py("postprocess", name), "model.json": meta_json}
+        for net, fname in _extra_networks(export_dir, onnx_art["file"], plan.task).items():
+            post_files[fname.name] = fname  # the task's extra networks run inside the post-processing step
+            plan.step_params[f"network_{net}"] = fname.name
+        models.append(_write_model(tmp, postprocess_config(plan), {"labels.txt": labels}, post_files))
         summary = {"name": name, "network": network, "artifact": art["file"], "why": why, "kind": kind,
                    "max_batch_size": max_batch, "preferred_batch": preferred, "task": plan.task,
                    "models": models, "options": asdict(opts)}

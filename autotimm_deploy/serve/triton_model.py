@@ -3,8 +3,8 @@
 
 - ``preprocess``: encoded images (TYPE_STRING) or uint8 HWC tensors -> the network input + letterbox rows;
 - ``network``: the exported ONNX in ONNX Runtime through the project's runtime (the CPU variant's network);
-- ``postprocess``: the network's outputs + letterbox rows -> ``detection_boxes/scores/labels`` and
-  ``num_detections``, or ``probs`` and ``top_labels``/``top_scores``.
+- ``postprocess``: the network's outputs + letterbox rows -> the task's outputs (detectors: ``detection_boxes/
+  scores/labels`` and ``num_detections``; classifiers: ``probs`` and ``top_labels``/``top_scores``; ...).
 
 Every step reads the model's metadata (``<version>/model.json``, the ONNX's ``metadata_props``) into the runtime's
 :class:`~autotimm_deploy.engines.predictor.ArtifactInfo`.  Requests that Triton batched together run as one batch;
@@ -53,9 +53,15 @@ class TritonPythonModel:
         elif self.step == "postprocess":
             from ..models import decode  # noqa: F401  (torch: loaded once here, not on the first request)
 
-            num = lambda k, cast: cast(self.params[k]) if self.params.get(k, "") != "" else None
-            self.thresholds = (num("score_thresh", float), num("iou_thresh", float), num("max_detections", int))
+            num = lambda k, cast: cast(self.params[k]) if self.params.get(k, "") != "" else None  # noqa: E731
+            self.thresholds = {"score_thresh": num("score_thresh", float), "iou_thresh": num("iou_thresh", float),
+                               "max_detections": num("max_detections", int)}
             self.top_k = int(self.params.get("top_k", "5"))
+            from ..engines.backends import OnnxRuntimeBackend
+
+            gpu = args.get("model_instance_kind") == "GPU"  # the task's extra networks (a mask head) in ONNX Runtime
+            self.networks = {k[len("network_"):]: OnnxRuntimeBackend(here / v, None if gpu else ["CPUExecutionProvider"])
+                             for k, v in self.params.items() if k.startswith("network_")}
         else:
             raise ValueError(f"unknown step {self.step!r} (expected preprocess, network or postprocess)")
 
@@ -104,20 +110,19 @@ class TritonPythonModel:
         if self.step == "network":
             return steps.split_rows(self.backend.infer(joined), counts)
         letterbox = joined.pop("letterbox")
-        if self.info.task == "classification":
-            return steps.split_rows(steps.postprocess_classification(joined["logits"], self.info, self.top_k), counts)
-        dets = steps.postprocess_detections(joined, letterbox, self.info, *self.thresholds)
         out, start = [], 0
-        for n in counts:
-            padded = steps.pad_detections(dets[start:start + n])
-            out.append({POST_NAMES.get(k, k): v for k, v in padded.items()})
+        for n in counts:  # padded per request: a request's tensors are as wide as its own largest result
+            part = {k: v[start:start + n] for k, v in joined.items()}
+            arrays = steps.postprocess(part, letterbox[start:start + n], self.info, self.top_k, networks=self.networks,
+                                       **self.thresholds)
+            out.append({POST_NAMES.get(k, k): v for k, v in arrays.items()})
             start += n
         return out
 
     def finalize(self) -> None:
-        backend = getattr(self, "backend", None)
-        if backend is not None:
-            backend.close()
+        for backend in [getattr(self, "backend", None), *getattr(self, "networks", {}).values()]:
+            if backend is not None:
+                backend.close()
 
 
 def _message(exc: Exception) -> str:

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.system
+
 PKG = Path(__file__).resolve().parents[2] / "autotimm_deploy"
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures/autotimm"
 

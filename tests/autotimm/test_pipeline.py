@@ -16,6 +16,8 @@ from autotimm_deploy.demo.shapes import SPLIT_SEEDS, render_detection_sample, wr
     write_detection_split
 from autotimm_deploy.engines import load
 
+pytestmark = pytest.mark.slow
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures/autotimm"
 INDEX = json.loads((FIXTURES / "fixtures.json").read_text())["fixtures"]
 FAMILY = {"detector": {"fcos": "autotimm-fcos", "yolox": "autotimm-yolox"}, "classifier": "autotimm-classifier",

@@ -16,6 +16,8 @@ from autotimm_deploy.engines import load
 from autotimm_deploy.engines.predictor import letterbox_images
 from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
 
+pytestmark = pytest.mark.slow
+
 INDEX = json.loads((Path(__file__).resolve().parents[1] / "fixtures/autotimm/fixtures.json").read_text())["fixtures"]
 DETECTORS = sorted(k for k, v in INDEX.items() if v["task"] == "detector")
 CLASSIFIERS = sorted(k for k, v in INDEX.items() if v["task"] != "detector")
@@ -149,7 +151,7 @@ def test_detection_preprocessing_matches_autotimm_eval_transform(size, fixture_p
     interpolation changes, so albumentations' OpenCV and the runtime's PIL resize agree exactly)."""
     from autotimm.data.detection_transforms import detection_eval_transforms
 
-    from autotimm_deploy.models.io import load_model_file
+    from autotimm_deploy.models.readers import load_model_file
 
     family = load_model_file(fixture_path(DETECTORS[0])).family
     h, w = size

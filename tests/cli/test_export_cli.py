@@ -6,6 +6,8 @@ import torch
 from autotimm_deploy.cli.export import main
 from autotimm_deploy.demo import demo_model_path
 
+pytestmark = pytest.mark.system
+
 
 def test_export_demo_detector(tmp_path, capsys):
     out = tmp_path / "det"

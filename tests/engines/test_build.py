@@ -19,6 +19,8 @@ from autotimm_deploy.errors import EngineBuildError, EngineCorrupt, EngineError,
 
 import tensorrt_rtx  # a core dependency: builds engines ahead of time on this GPU-less machine
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def rtx():

@@ -14,7 +14,7 @@ from autotimm_deploy.exporters.fp16 import (DEFAULT_ISLANDS, FP16_MAX, Fp32Islan
 from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
 from autotimm_deploy.exporters.pipeline import level_sizes
 from autotimm_deploy.exporters.surgery import apply_decode
-from autotimm_deploy.models.io import load_model_file
+from autotimm_deploy.models.readers import load_model_file
 from autotimm_deploy.parity.check import FP16_TOLERANCES, run_parity
 
 F16, F32 = TensorProto.FLOAT16, TensorProto.FLOAT

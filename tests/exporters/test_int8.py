@@ -15,7 +15,9 @@ from autotimm_deploy.demo.shapes import write_classification_split, write_detect
 from autotimm_deploy.engines.predictor import load
 from autotimm_deploy.exporters.int8_repair import repair_groups
 from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
-from autotimm_deploy.models.io import load_model_file
+from autotimm_deploy.models.readers import load_model_file
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

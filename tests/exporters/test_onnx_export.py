@@ -9,7 +9,7 @@ import torch
 from autotimm_deploy import ExportError
 from autotimm_deploy.exporters.onnx_export import (ExportConfig, check_input_size, detector_output_names,
                                                    export_onnx, get_metadata)
-from autotimm_deploy.models.io import LoadedModel
+from autotimm_deploy.models.loaded import LoadedModel
 
 META = {"class_names": ["a", "b", "c", "d"], "mean": [0.5] * 3, "std": [0.25] * 3}
 

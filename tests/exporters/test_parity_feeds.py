@@ -4,7 +4,7 @@ import pytest
 
 from autotimm_deploy.demo import demo_model_path
 from autotimm_deploy.exporters.pipeline import ExportOptions, parity_feeds
-from autotimm_deploy.models.io import load_model_file
+from autotimm_deploy.models.readers import load_model_file
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from autotimm_deploy.exporters.pipeline import level_sizes
 from autotimm_deploy.exporters.ranges import derived_tensors, measure_ranges
 from autotimm_deploy.exporters.repair import run_tensors
 from autotimm_deploy.exporters.surgery import apply_decode
-from autotimm_deploy.models.io import load_model_file
+from autotimm_deploy.models.readers import load_model_file
 
 # ops whose derived range is the exact range (they only move values, or are monotone elementwise)
 EXACT = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Concat", "Relu", "Sigmoid", "Tanh"}

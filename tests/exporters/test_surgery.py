@@ -9,7 +9,7 @@ from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
 from autotimm_deploy.exporters.pipeline import level_sizes
 from autotimm_deploy.exporters.surgery import (add_activations, add_box_decode, add_topk, apply_decode,
                                                export_graph, import_graph)
-from autotimm_deploy.models.io import LoadedModel
+from autotimm_deploy.models.loaded import LoadedModel
 from autotimm_deploy.parity.runners import reference_outputs
 
 META = {"class_names": None, "mean": [0.5] * 3, "std": [0.25] * 3}

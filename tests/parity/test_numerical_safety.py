@@ -13,7 +13,7 @@ import torch
 from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
 from autotimm_deploy.exporters.pipeline import level_sizes
 from autotimm_deploy.exporters.surgery import apply_decode
-from autotimm_deploy.models.io import LoadedModel
+from autotimm_deploy.models.loaded import LoadedModel
 from autotimm_deploy.parity.check import run_parity
 
 META = {"class_names": None, "mean": [0.5] * 3, "std": [0.25] * 3}

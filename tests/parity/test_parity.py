@@ -10,7 +10,7 @@ import torch
 from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
 from autotimm_deploy.exporters.pipeline import level_sizes
 from autotimm_deploy.exporters.surgery import apply_decode
-from autotimm_deploy.models.io import LoadedModel
+from autotimm_deploy.models.loaded import LoadedModel
 from autotimm_deploy.parity.check import Tolerances, match_detections, run_parity
 from autotimm_deploy.parity.runners import TorchRunner
 

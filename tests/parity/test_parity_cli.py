@@ -19,7 +19,10 @@ from autotimm_deploy.demo import demo_model_path
 from autotimm_deploy.demo.shapes import write_classification_split, write_detection_split
 from autotimm_deploy.engines.library import gpu_info
 from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
-from autotimm_deploy.models.io import load_model_file, save_model
+from autotimm_deploy.models.io import save_model
+from autotimm_deploy.models.readers import load_model_file
+
+pytestmark = pytest.mark.slow
 
 DET = demo_model_path("detector")
 CLS = demo_model_path("classifier")

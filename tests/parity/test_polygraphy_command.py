@@ -12,7 +12,8 @@ import torch
 
 from autotimm_deploy.demo import demo_model_path
 from autotimm_deploy.exporters.pipeline import ExportOptions, export_model
-from autotimm_deploy.models.io import load_model_file, save_model
+from autotimm_deploy.models.io import save_model
+from autotimm_deploy.models.readers import load_model_file
 
 POLYGRAPHY = shutil.which("polygraphy", path=str(Path(sys.executable).parent))
 

@@ -147,21 +147,20 @@ def test_steps_compute_what_the_predictor_computes(demo_exports):
     ref_batch, _ = predictor.preprocess(images, info.input_size)
     np.testing.assert_array_equal(batch, ref_batch)
     out = predictor.backend.infer({"images": batch})
-    dets = steps.postprocess_detections(out, rows, info)
+    padded = steps.postprocess(out, rows, info)
     expected = predictor.predict(images)
-    assert sum(len(e.scores) for e in expected) >= 4
-    for d, e in zip(dets, expected):
-        np.testing.assert_allclose(d["boxes"], e.boxes, atol=1e-4)
-        np.testing.assert_array_equal(d["labels"], e.labels)
-    padded = steps.pad_detections(dets)
-    n = [len(d["scores"]) for d in dets]
+    n = [len(e.scores) for e in expected]
+    assert sum(n) >= 4
+    for i, e in enumerate(expected):
+        np.testing.assert_allclose(padded["boxes"][i, :n[i]], e.boxes, atol=1e-4)
+        np.testing.assert_array_equal(padded["labels"][i, :n[i]], e.labels)
     assert padded["boxes"].shape == (4, max(n), 4) and padded["num_detections"][:, 0].tolist() == n
     assert (padded["labels"][np.arange(max(n))[None] >= np.array(n)[:, None]] == -1).all()
 
     cls = load(demo_exports["classifier"])
     cimgs = [render_classification_sample(i)[0] for i in range(3)]
-    x, _ = steps.preprocess(cimgs, cls.info, np.float32)
-    res = steps.postprocess_classification(cls.backend.infer({"images": x})["logits"], cls.info, 2)
+    x, rows = steps.preprocess(cimgs, cls.info, np.float32)
+    res = steps.postprocess(cls.backend.infer({"images": x}), rows, cls.info, 2)
     for p, t, e in zip(res["probs"], res["top_labels"], cls.predict(cimgs)):
         np.testing.assert_allclose(p, e.probs, atol=1e-6)
         assert [cls.info.class_names[i] for i in t] == [name for name, _ in e.top(2)]
@@ -181,12 +180,13 @@ def test_steps_follow_what_the_graph_left_undecoded(tmp_path, decode):
     predictor = load(tmp_path / "e")
     images = detection_images()
     batch, rows = steps.preprocess(images, predictor.info, np.float32)
-    dets = steps.postprocess_detections(predictor.backend.infer({"images": batch}), rows, predictor.info)
+    padded = steps.postprocess(predictor.backend.infer({"images": batch}), rows, predictor.info)
     expected = predictor.predict(images)
     assert sum(len(e.scores) for e in expected) >= 4
-    for d, e in zip(dets, expected):
-        np.testing.assert_allclose(d["boxes"], e.boxes, atol=1e-4)
-        np.testing.assert_array_equal(d["labels"], e.labels)
+    for i, e in enumerate(expected):
+        n = int(padded["num_detections"][i, 0])
+        np.testing.assert_allclose(padded["boxes"][i, :n], e.boxes, atol=1e-4)
+        np.testing.assert_array_equal(padded["labels"][i, :n], e.labels)
 
 
 def test_step_errors_name_the_bad_item():

@@ -17,6 +17,8 @@ from autotimm_deploy.serve.server import LocalTriton, group_processes
 
 from .test_repository import detection_images
 
+pytestmark = pytest.mark.system
+
 OPTIONS = TritonOptions(network="python", max_queue_delay_us=2000)
 
 
