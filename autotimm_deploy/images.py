@@ -34,12 +34,18 @@ class Letterbox:
         return self.scale if self.scale_y is None else self.scale_y
 
     def to_image(self, boxes: np.ndarray) -> np.ndarray:
-        """Boxes (n, 4) xyxy from network-input pixels to the original image's, clipped to it."""
+        """Boxes (n, 4) xyxy from network-input pixels to the original image's, clipped to it, corners ordered
+        (x1 <= x2, y1 <= y2): a model with unconstrained distances (AutoTimm's YOLOX head) can predict l + r < 0, a
+        box inside out; its corners are swapped here, so no result holds an inverted box.
+
+        >>> Letterbox(1.0, 100, 100).to_image(np.array([[50.0, 10, 40, 20]], np.float32)).tolist()
+        [[40.0, 10.0, 50.0, 20.0]]
+        """
         out = ((boxes - np.array([self.pad_x, self.pad_y, self.pad_x, self.pad_y], np.float32))
                / np.array([self.scale, self.sy, self.scale, self.sy], np.float32))
         out[:, 0::2] = out[:, 0::2].clip(0, self.width)
         out[:, 1::2] = out[:, 1::2].clip(0, self.height)
-        return out
+        return np.concatenate([np.minimum(out[:, :2], out[:, 2:]), np.maximum(out[:, :2], out[:, 2:])], axis=1)
 
     def image_grid(self) -> Tuple[np.ndarray, np.ndarray]:
         """For every pixel of the original image, the network-input pixel its centre falls in (rows (H,), cols (W,),

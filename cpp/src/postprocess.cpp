@@ -91,6 +91,9 @@ void to_image_pixels(std::vector<Detection>& dets, const Letterbox& lb) {
     d.y1 = std::clamp((d.y1 - py) / sy, 0.0f, h);
     d.x2 = std::clamp((d.x2 - px) / sx, 0.0f, w);
     d.y2 = std::clamp((d.y2 - py) / sy, 0.0f, h);
+    // corners ordered, as the Python runtime: unconstrained distances (AutoTimm's YOLOX) can turn a box inside out
+    if (d.x2 < d.x1) std::swap(d.x1, d.x2);
+    if (d.y2 < d.y1) std::swap(d.y1, d.y2);
   }
 }
 

@@ -52,7 +52,7 @@ std::vector<Detection> nms_postprocess(const float* boxes, const float* scores, 
                                        const PostprocessConfig& config);
 
 // Boxes from network pixels to original image pixels (remove the padding, divide by scale (x) and sy() (y), in
-// float32 as the Python runtime, clip to the image).
+// float32 as the Python runtime, clip to the image, order the corners: x1 <= x2, y1 <= y2).
 void to_image_pixels(std::vector<Detection>& dets, const Letterbox& lb);
 
 float box_iou(const float* a, const float* b);
