@@ -132,3 +132,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
                 break
             h.update(b)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Hold an exclusive lock on ``folder`` (``flock`` on the directory itself: no lock file is left in it) for the
+    block; a second holder is refused at once with :class:`~autotimm_deploy.errors.ExportError` naming the folder,
+    and touches nothing.  The lock goes with the process, also when it is killed."""
+    import fcntl
+
+    from .errors import ExportError
+
+    fd = os.open(str(folder), os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ExportError(f"--out {folder}: another autotimm-export is writing into this folder now; wait for it "
+                              "to finish or choose another --out") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock

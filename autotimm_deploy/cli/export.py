@@ -68,8 +68,10 @@ def _body(args: argparse.Namespace) -> int:
             kept = parity["int8"]["kept_fp32"]
             for form, f in parity["int8"]["forms"].items():
                 g = f["gate"]
-                print(f"int8 gate {f['file']}: PASS (detection {g['levels'].get('detection', '-')}, task "
-                      f"{g['levels'].get('task', '-')}, drop {g['drop_points']} points)")
+                levels = ", ".join(f"{lv} {st}" for lv, st in g["levels"].items() if lv != "tensor")
+                drop = (f"drop {g['drop_points']} points" if g["drop_points"] is not None
+                        else "the task metric NOT measured (--int8-no-task-gate)")
+                print(f"int8 gate {f['file']}: PASS ({levels}; {drop})")
             print(f"int8 repair: {len(kept)} layers kept in FP32" + (f": {', '.join(k['node'] for k in kept)}" if kept else ""))
         if parity.get("engine"):
             print(f"parity engine: {parity['engine']['summary']}")

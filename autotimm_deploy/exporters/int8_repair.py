@@ -70,8 +70,9 @@ class RepairStep:
 
 
 def gate(model_path, loaded, artifact: Path, eval_dir, max_drop: float, reference_cache: Dict,
-         annotations=None, limit: Optional[int] = None) -> GateResult:
-    """Check one INT8 graph on ``eval_dir`` (see the module docstring)."""
+         annotations=None, limit: Optional[int] = None, task_gate: bool = True) -> GateResult:
+    """Check one INT8 graph on ``eval_dir`` (see the module docstring).  With ``task_gate`` a task level that did not
+    run (no annotations) fails the gate: an accuracy gate that did not measure does not pass."""
     from ..parity.suite import check_artifacts
     from ..parity.thresholds import load_thresholds
 
@@ -82,7 +83,9 @@ def gate(model_path, loaded, artifact: Path, eval_dir, max_drop: float, referenc
     res = check_artifacts(model_path, [artifact], data=eval_dir, annotations=annotations, limit=limit, thresholds=th,
                           progress=None, loaded=loaded, reference_cache=reference_cache)
     a = res.artifacts[0]
-    return GateResult(passed=res.passed, levels={lv.level: lv.status for lv in a.levels},
+    levels = {lv.level: lv.status for lv in a.levels}
+    passed = res.passed and not (task_gate and levels.get("task") != "pass")
+    return GateResult(passed=passed, levels=levels,
                       messages={lv.level: lv.message for lv in a.levels}, metrics=dict(a.metrics),
                       reference_metrics=dict(a.reference_metrics), metric=task.metric_keys[0])
 

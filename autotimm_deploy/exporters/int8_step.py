@@ -76,7 +76,8 @@ def int8_step(say: Callable[[str], None], options: ExportOptions, loaded: Loaded
     def run_gates() -> Dict:
         out = {}
         for name, p in paths.items():
-            out[name] = gate(model_path, loaded, p, options.int8_eval, options.int8_max_drop, reference_cache)
+            out[name] = gate(model_path, loaded, p, options.int8_eval, options.int8_max_drop, reference_cache,
+                             task_gate=options.int8_task_gate)
             say(f"      gate {p.name}: {'PASS' if out[name].passed else 'FAIL'} ({out[name].summary()})")
         return out
 

@@ -166,6 +166,9 @@ class ExportOptions:
     int8_max_drop: float = option(1.0, "--int8-max-drop", "largest drop of the task metric (mAP@0.5:0.95, top-1, "
                                   "mIoU, mask mAP) vs PyTorch FP32 allowed, in points (default 1.0)", group=_INT8,
                                   type=float, metavar="POINTS")
+    int8_task_gate: bool = option(True, "--int8-no-task-gate", "gate INT8 on its agreement with PyTorch only, without "
+                                  "the task metric: for an --int8-eval folder without annotations (the export says "
+                                  "the metric was not measured)", group=_INT8, invert=True)
     int8_repair_steps: int = option(6, "--int8-repair-steps", "groups of layers the repair may keep in FP32 before "
                                     "the export fails (default 6; 0: no repair)", group=_INT8, type=int, metavar="N")
     # engines
@@ -224,9 +227,16 @@ class ExportOptions:
         if not self.calib or not self.int8_eval:
             raise ExportError("--int8 needs --calib DIR (calibration images) and --int8-eval DIR (a held-out folder, "
                               "annotated for mAP / top-1, for the accuracy gate)")
+        from pathlib import Path
+
+        from ..datasets import IMAGE_EXTENSIONS, list_images
+
         for flag, d in (("--calib", self.calib), ("--int8-eval", self.int8_eval)):
             if not os.path.isdir(d):
                 raise ExportError(f"{flag} {d}: not a folder")
+            if not list_images(Path(d)):
+                raise ExportError(f"{flag} {d}: no images in the folder ({', '.join(IMAGE_EXTENSIONS)}, searched "
+                                  "recursively)")
         if self.calib_method not in CALIB_METHODS:
             raise ExportError(f"--calib-method must be one of {', '.join(CALIB_METHODS)}, got {self.calib_method!r}")
         if self.calib_count < 1:

@@ -5,7 +5,7 @@ task says (:mod:`autotimm_deploy.tasks`); file names come from :mod:`autotimm_de
 
 >>> from autotimm_deploy.demo import demo_model_path
 >>> import tempfile
->>> manifest = export_model(demo_model_path("detector"), tempfile.mkdtemp(), ExportOptions(), progress=None)
+>>> manifest = export_model(demo_model_path("detector"), tempfile.mkdtemp(), ExportOptions(engine="none"), progress=None)
 >>> manifest["parity"]["passed"], [a["role"] for a in manifest["artifacts"]][:2]
 (True, ['onnx-raw', 'onnx'])
 >>> [s.name for s in STEPS]
@@ -23,7 +23,7 @@ from typing import Callable, Dict, Optional
 
 from .. import _json as strict_json
 from .. import __version__, layout
-from .._atomic import atomic_write_text, cleanup_tmp, remove_file, sha256_file
+from .._atomic import atomic_write_text, cleanup_tmp, folder_lock, remove_file, sha256_file
 from .._memory import release_free_memory
 from ..errors import ExportError
 from ..models.readers import load_model_file
@@ -280,6 +280,8 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     task = task_of(loaded.family)
     decode = options.decode or task.default_decode
     task.check_decode(decode, options.topk)
+    if options.int8 and options.int8_task_gate:
+        _check_int8_eval(options, loaded, task)
     stride = max_stride(loaded.model)
     size = loaded.metadata.get("input_size")
     if size is None:
@@ -296,16 +298,31 @@ def export_model(model_path: str | Path, out_dir: str | Path, options: Optional[
     # every refusal above leaves no folder behind; a folder this run creates goes again if the run fails
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        cleanup_tmp(out_dir)  # what a killed export left behind (one export per output folder at a time)
-        for step in steps[1:]:
-            step.run(r)
-        report.finish()
-        return _write_manifest(r)
-    except BaseException:
-        if created:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+    with folder_lock(out_dir):  # one export per output folder at a time: a second one is refused at once
+        try:
+            cleanup_tmp(out_dir)  # what a killed export left behind
+            for step in steps[1:]:
+                step.run(r)
+            report.finish()
+            return _write_manifest(r)
+        except BaseException:
+            if created:
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
+
+
+def _check_int8_eval(options: ExportOptions, loaded, task) -> None:
+    """The INT8 gate bounds the task metric: ``--int8-eval`` must hold annotations of the model's task (an accuracy
+    gate that did not measure must not pass), unless ``--int8-no-task-gate``.  Checked before any work."""
+    from ..parity.data import load_dataset
+
+    names = loaded.metadata.get("class_names") or [f"class_{i}" for i in range(loaded.model.num_classes)]
+    ds = load_dataset(options.int8_eval, names, task.name)
+    if not ds.annotated:
+        raise ExportError(f"--int8-eval {options.int8_eval}: no annotations of a {task.name} model there "
+                          f"({task.annotation_formats}): the INT8 gate could not measure "
+                          f"{task.metric_names[task.metric_keys[0]]}; add them, or pass --int8-no-task-gate to gate on "
+                          "the agreement with PyTorch only")
 
 
 def _write_manifest(r: ExportRun) -> Dict:

@@ -22,7 +22,8 @@ _NOT_PROVENANCE = ("cache_dir", "calib", "int8_eval")  # INT8: the images are id
 #: the ONNX metadata, so that re-exporting with, say, ``--no-check`` or another ``--engine`` gives the same
 #: ONNX bytes and so the same engine cache key.  Sidecars and the manifest record them.
 NOT_IN_ONNX = ("check", "random_inputs", "demo_images", "min_size", "max_size", "engine", "target_cc",
-               "workspace_mib", "cache", "int8", "calib_count", "calib_method", "int8_max_drop", "int8_repair_steps")
+               "workspace_mib", "cache", "int8", "calib_count", "calib_method", "int8_max_drop", "int8_repair_steps",
+               "int8_task_gate")
 
 
 def provenance(options: ExportOptions, onnx_only: bool = False) -> Dict:
@@ -32,7 +33,7 @@ def provenance(options: ExportOptions, onnx_only: bool = False) -> Dict:
     clocks or host names: the same model file and flags give byte-identical ONNX files.
 
     >>> sorted(set(provenance(ExportOptions())["options"]) - set(provenance(ExportOptions(), onnx_only=True)["options"]))
-    ['cache', 'calib_count', 'calib_method', 'check', 'demo_images', 'engine', 'int8', 'int8_max_drop', 'int8_repair_steps', 'max_size', 'min_size', 'random_inputs', 'target_cc', 'workspace_mib']
+    ['cache', 'calib_count', 'calib_method', 'check', 'demo_images', 'engine', 'int8', 'int8_max_drop', 'int8_repair_steps', 'int8_task_gate', 'max_size', 'min_size', 'random_inputs', 'target_cc', 'workspace_mib']
     """
     from .._compat import toolchain_versions
 
