@@ -25,12 +25,12 @@ print("models:", ", ".join(summary["models"]))
 images = [render_detection_sample(SPLIT_SEEDS["test"] + k, size=128)[0] for k in range(3)]
 local = load(out / "det").predict(images)
 with LocalTriton(out / "triton_repo", models=["demo_detector"]) as server:  # loads the ensemble and its steps
-    client = TritonModelClient(server.grpc_url, "demo_detector", "grpc", class_names=local[0].class_names)
+    client = TritonModelClient(server.grpc_url, "demo_detector", "grpc")  # class names: the repository's own
     served = client.predict(images)
 for k, det in enumerate(served):
     print(f"image {k}: " + ", ".join(f"{n} {s:.2f} {np.round(b, 1).tolist()}"
                                      for n, s, b in zip(det.class_names, det.scores, det.boxes)))
 same = all(len(a.scores) == len(b.scores) and np.allclose(a.boxes, b.boxes, atol=1e-3)
-           and (a.labels == b.labels).all() for a, b in zip(served, local))
+           and (a.labels == b.labels).all() and a.class_names == b.class_names for a, b in zip(served, local))
 print("outputs: Triton agrees with the local Predictor:", same)
 assert same

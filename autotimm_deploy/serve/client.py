@@ -6,6 +6,7 @@ and a bounded load generator (N clients x M requests, each with a timeout) for t
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,8 +52,22 @@ class TritonModelClient:
                                                     "outputs": [{"name": o.name} for o in meta.outputs]}
         self.input = meta["inputs"][0]
         self.outputs = [o["name"] for o in meta["outputs"]]
-        self.task = _task_of_outputs(self.outputs)
-        self.class_names = list(class_names) if class_names is not None else None
+        params = self._parameters()
+        self.task = params.get("task") or _task_of_outputs(self.outputs)
+        # the repository records its class names (labels.txt's, as a parameter of the ensemble): a client never needs
+        # to be told them, and one told other names than the model's is refused
+        served = json.loads(params["class_names"]) if params.get("class_names") else None
+        if class_names is not None and served is not None and list(class_names) != served:
+            raise AutotimmError(f"{model}: class_names {list(class_names)[:4]}... differ from the model's own "
+                                f"{served[:4]}... (its repository's labels.txt): leave class_names out")
+        self.class_names = served if served is not None else (list(class_names) if class_names is not None else None)
+
+    def _parameters(self) -> Dict[str, str]:
+        """The ensemble's config parameters (``task``, ``class_names``), HTTP or gRPC."""
+        cfg = self.client.get_model_config(self.model)
+        if isinstance(cfg, dict):  # HTTP: the config as JSON
+            return {k: v.get("string_value", "") for k, v in (cfg.get("parameters") or {}).items()}
+        return {k: v.string_value for k, v in cfg.config.parameters.items()}
 
     def _input(self, images: Sequence[ImageLike]):
         if self.input["datatype"] == "BYTES":

@@ -7,6 +7,7 @@ A repository for model ``NAME`` holds ``NAME_preprocess`` (encoded images), ``NA
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -53,6 +54,7 @@ class Plan:
     step_instances: int
     top_k: int = 5
     num_classes: int = 0
+    class_names: Sequence[str] = ()
     step_params: Dict[str, str] = field(default_factory=dict)  # postprocess thresholds
     network_params: Dict[str, str] = field(default_factory=dict)
     notes: str = ""  # written as comments into the network's config
@@ -142,4 +144,6 @@ def ensemble_config(plan: Plan, encoded: bool) -> Dict:
     what = "encoded image bytes (TYPE_STRING, one per batch item)" if encoded else "uint8 HxWx3 RGB images"
     return {"# about": f"{plan.name}: {what} in; {', '.join(t.name for t in outs)} out (autotimm-deploy)",
             **_common(plan, plan.name if encoded else f"{plan.name}_uint8", [_image_input(encoded)], outs),
-            "platform": "ensemble", "ensemble_scheduling": {"step": steps}}
+            "platform": "ensemble", "ensemble_scheduling": {"step": steps},
+            # what a client needs to read the outputs: the task and the class names (TritonModelClient reads them)
+            "parameters": {"task": plan.task, "class_names": json.dumps(list(plan.class_names))}}

@@ -151,6 +151,7 @@ def write_repository(export_dir: str | Path, repo_dir: str | Path, options: Opti
                 step_params={k: "" if v is None else str(v) for k, v in post.items()},
                 network_params={"onnx": "model.onnx", "threads": str(opts.threads)}, notes=notes)
     plan.num_classes = len(manifest["class_names"] or []) or int(manifest["source"]["config"].get("num_classes", 0))
+    plan.class_names = list(manifest["class_names"] or [f"class_{i}" for i in range(plan.num_classes)])
     plan.top_k = min(plan.top_k, plan.num_classes)
     labels = "\n".join(manifest["class_names"]) + "\n"
     meta_json = json.dumps(meta, indent=1)

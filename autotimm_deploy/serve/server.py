@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
 from ..errors import AutotimmError
 
@@ -113,10 +113,12 @@ class LocalTriton:
     failed, whose error message names the log."""
 
     def __init__(self, repo: str | Path, models: Sequence[str] = ("*",), startup_timeout: float = 180.0,
-                 extra_args: Sequence[str] = (), log_verbose: int = 0, keep_log: bool = False) -> None:
+                 extra_args: Sequence[str] = (), log_verbose: int = 0, keep_log: bool = False,
+                 progress: Optional[Callable[[str], None]] = None) -> None:
         self.repo = Path(repo).resolve()
         self.models, self.startup_timeout = list(models), startup_timeout
         self.extra_args, self.log_verbose, self.keep_log = list(extra_args), log_verbose, keep_log
+        self.progress = progress  # a line every ~10 s while the server is not ready yet
         self.proc: Optional[subprocess.Popen] = None
         self.workdir: Optional[Path] = None
         self.http_port = self.grpc_port = self.metrics_port = 0
@@ -205,13 +207,32 @@ class LocalTriton:
     def _started(self, proc: subprocess.Popen) -> None:
         """Called with the server's process as soon as it runs (a hook for tests and supervisors)."""
 
+    def load_failures(self) -> List[str]:
+        """The log's lines saying a model failed to load (Triton then never gets ready, or exits): the start stops
+        at the first one instead of waiting for the timeout."""
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except (OSError, TypeError):
+            return []
+        return [l for l in text if "failed to load '" in l or "Failed to initialize Python stub" in l
+                or "failed to initialize" in l.lower() and "python" in l.lower()]
+
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
+        start = time.monotonic()
+        deadline, said = start + self.startup_timeout, start
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AutotimmError(f"tritonserver exited with code {self.proc.returncode} while starting "
                                     f"({self.log_path}):\n{self.log_errors()}")
+            failed = self.load_failures()
+            if failed:
+                raise AutotimmError(f"tritonserver could not load a model ({self.log_path}):\n" + "\n".join(failed[-5:]))
+            now = time.monotonic()
+            if self.progress is not None and now - said >= 10.0:
+                said = now
+                last = (self.log_tail(1) or "(no log line yet)").strip()[:200]
+                self.progress(f"tritonserver: not ready after {now - start:.0f} s; last log line: {last}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as r:
                     if r.status == 200:

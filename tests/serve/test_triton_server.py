@@ -61,12 +61,15 @@ def test_detections_equal_the_local_predictor(served, expected, protocol):
     names = expected["det"].info.class_names
     want = expected["det_results"]
     assert sum(len(w.scores) for w in want) >= 4  # the demo images have objects to compare
-    encoded = TritonModelClient(url, "demo_detector", protocol, class_names=names)
+    encoded = TritonModelClient(url, "demo_detector", protocol)  # task and class names: read from the server
+    assert (encoded.task, encoded.class_names) == ("detection", list(names))
     got = encoded.predict(expected["images"])  # one request of 4 encoded images of different sizes
     assert_same_detections(got, want)
     assert [(g.width, g.height) for g in got] == [(w.width, w.height) for w in want]
     assert [g.class_names for g in got] == [w.class_names for w in want]
-    raw = TritonModelClient(url, "demo_detector_uint8", protocol, class_names=names)
+    raw = TritonModelClient(url, "demo_detector_uint8", protocol)
+    with pytest.raises(AutotimmError, match="differ from the model's own"):  # told other names: refused
+        TritonModelClient(url, "demo_detector", protocol, class_names=names[::-1])
     for image, w in zip(expected["images"], want):  # uint8 HxWx3: one request per image size
         assert_same_detections(raw.predict([image]), [w])
 
@@ -76,6 +79,9 @@ def test_classifier_equals_the_local_predictor(served, expected, protocol):
     server, _ = served
     url = server.http_url if protocol == "http" else server.grpc_url
     client = TritonModelClient(url, "demo_classifier", protocol)
+    assert client.task == "classification" and client.class_names == list(expected["cls"].info.class_names)
+    assert [p.top(1)[0][0] for p in client.predict(expected["cimgs"])] == [w.top(1)[0][0] for w in
+                                                                          expected["cls_results"]]
     out = client.infer_raw(expected["cimgs"])
     want = expected["cls_results"]
     np.testing.assert_allclose(out["probs"], np.stack([w.probs for w in want]), atol=1e-5)
@@ -175,8 +181,29 @@ def test_a_server_that_cannot_start_says_why_and_leaves_no_process(tmp_path):
     server = LocalTriton(repo, startup_timeout=120)
     pid = []
     server._started = lambda proc: pid.append(proc.pid)
-    with pytest.raises(AutotimmError, match="tritonserver exited with code") as err:
+    with pytest.raises(AutotimmError, match="tritonserver (exited with code|could not load a model)") as err:
         server.start()
     assert "no_such_backend" in str(err.value)
     assert server.proc is None and group_processes(pid[0]) == []
     assert server.log_path.exists() and str(server.log_path) in str(err.value)  # kept: the message names it
+
+
+def test_a_model_that_fails_to_load_stops_the_start_at_once(tmp_path):
+    """A Python model whose initialize raises: the start stops as soon as the log says so (not after the 180 s
+    timeout), naming the model and its error, with progress lines meanwhile."""
+    repo = tmp_path / "repo"
+    (repo / "bad_model" / "1").mkdir(parents=True)
+    (repo / "bad_model" / "config.pbtxt").write_text(
+        'name: "bad_model"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input [{ name: "x", data_type: TYPE_FP32, dims: [1] }]\noutput [{ name: "y", data_type: TYPE_FP32, dims: [1] }]\n')
+    (repo / "bad_model" / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n    def initialize(self, args):\n        raise RuntimeError('planted failure')\n")
+    lines = []
+    server = LocalTriton(repo, startup_timeout=180, progress=lines.append)
+    start = time.monotonic()
+    with pytest.raises(AutotimmError) as err:
+        server.start()
+    took = time.monotonic() - start
+    assert took < 60, f"{took:.0f} s"
+    assert "bad_model" in str(err.value) and "planted failure" in str(err.value)
+    assert server.proc is None
