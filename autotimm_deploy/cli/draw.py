@@ -3,6 +3,8 @@ inputs share a name.
 
 >>> picture_names([Path("a/x/img.jpg"), Path("b/x/img.jpg"), Path("c.png"), Path("c.png")], "auto")
 ['a__x__img.jpg', 'b__x__img.jpg', 'c.png', 'c_2.png']
+>>> picture_names([Path("/tmp/d/a.png"), Path("/tmp/d/a.png"), Path("/tmp/e/a.png")], "auto")
+['d__a.png', 'd__a_2.png', 'e__a.png']
 >>> line_width(640, 480), line_width(6000, 4000)
 (2, 15)
 """
@@ -24,12 +26,12 @@ _JPEG = {".jpg", ".jpeg", ".jpe", ".jfif"}
 def picture_names(paths: Sequence[Path], fmt: str) -> List[str]:
     """One picture name per input: the file name, or as much of its path as tells inputs with the same name apart
     (folders joined by ``__``); extension ``.jpg`` or ``.png`` (``fmt="auto"``: JPEG for JPEG inputs)."""
-    parts = [Path(p).parts for p in paths]
+    parts = [Path(p).parts[1:] if Path(p).anchor else Path(p).parts for p in paths]  # never the root or a drive
     names = []
     for i, pp in enumerate(parts):
         stem = Path(pp[-1]).stem
-        depth = 1
-        while depth < len(pp) and any(j != i and Path(q[-1]).stem == stem and q[-depth:-1] == pp[-depth:-1]
+        depth = 1  # the same file given twice is told apart by a number below, not by its folders
+        while depth < len(pp) and any(j != i and q != pp and Path(q[-1]).stem == stem and q[-depth:-1] == pp[-depth:-1]
                                       for j, q in enumerate(parts)):
             depth += 1
         ext = ".jpg" if fmt == "jpg" or (fmt == "auto" and Path(pp[-1]).suffix.lower() in _JPEG) else ".png"

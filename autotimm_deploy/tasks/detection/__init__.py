@@ -22,6 +22,8 @@ __all__ = ["DetectionTask", "Detections"]
 
 #: Roles with one map per FPN level.
 DET_ROLES = ("class_logits", "ltrb", "centerness")
+#: Detections labelled in a picture (the others get a thin box): more labels than this hide the image.
+MAX_LABELS = 25
 _COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
             (240, 50, 230), (210, 245, 60)]
 
@@ -160,16 +162,26 @@ class DetectionTask(Task):
         return len(result.boxes), ", ".join(f"{n} {s:.2f}" for n, s in zip(result.class_names[:3], result.scores[:3]))
 
     def draw(self, image, result: Detections, line_width: int, font) -> None:
-        from ...drawing import draw_labels
-
+        """Boxes and labels, weakest first so that a stronger detection's box and label are drawn over a weaker one's;
+        only the :data:`MAX_LABELS` best are labelled (a hundred labels cover the picture), the count of the others
+        written in a corner."""
         from PIL import ImageDraw
 
+        from ...drawing import draw_labels
+
         draw = ImageDraw.Draw(image)
+        order = np.argsort(np.asarray(result.scores), kind="stable")  # ascending: the strongest last, on top
+        labelled = set(order[::-1][:MAX_LABELS].tolist())
         labels = []
-        for b, s, lb, n in zip(result.boxes, result.scores, result.labels, result.class_names):
-            draw.rectangle([float(v) for v in b], outline=colour(lb), width=line_width)
-            labels.append((f"{n} {s:.2f}", float(b[0]), float(b[1]), colour(lb)))
+        for i in order:
+            b, lb = result.boxes[i], result.labels[i]
+            draw.rectangle([float(v) for v in b], outline=colour(lb), width=line_width if i in labelled else 1)
+            if i in labelled:
+                labels.append((f"{result.class_names[i]} {result.scores[i]:.2f}", float(b[0]), float(b[1]), colour(lb)))
         draw_labels(draw, labels, line_width, font)
+        if len(order) > MAX_LABELS:
+            draw_labels(draw, [(f"+{len(order) - MAX_LABELS} weaker detections, unlabelled (thin boxes)", 0.0,
+                                float(image.height), (40, 40, 40))], line_width, font)
 
     # -- parity ----------------------------------------------------------------------------------
     def agreement(self, ref, out, sizes, info, rule, tolerances) -> Agreement:
