@@ -44,6 +44,7 @@ class Dataset:
     format: str  # coco | json | csv | folders | png | none
     annotation_file: Optional[Path] = None
     skipped: List[str] = field(default_factory=list)  # images on disk without annotations (COCO)
+    notes: List[str] = field(default_factory=list)  # how labels were read, when that needs saying
 
     @property
     def annotated(self) -> bool:
@@ -62,11 +63,34 @@ def list_images(root: Path) -> List[Path]:
 
 
 class Labels:
-    """Class names or integer indices -> index, with errors that say where."""
+    """Class names or integer indices -> index, with errors that say where.
+
+    A model that records no class names (an AutoTimm checkpoint exported without ``--class-names``: ``class_0``..)
+    cannot map a label *name*: :meth:`autotimm_order` maps names the way AutoTimm's own datasets do (its CSV datasets
+    and ImageFolder number the sorted distinct names), which is what its class indices mean."""
 
     def __init__(self, class_names: Sequence[str]):
         self.names = list(class_names)
         self.index = {n: i for i, n in enumerate(self.names)}
+
+    @property
+    def unnamed(self) -> bool:
+        """The model's class names are the placeholders ``class_0``, ``class_1``...."""
+        return self.names == [f"class_{i}" for i in range(len(self.names))]
+
+    def autotimm_order(self, values: Sequence[str], where: str) -> Optional["Labels"]:
+        """For an unnamed model whose annotations use names: ``Labels`` numbering the sorted distinct ``values`` as
+        AutoTimm does (None when the names are the model's or indices); more names than classes is an error."""
+        names = sorted({str(v).strip() for v in values})
+        if not self.unnamed or not names or all(n in self.index or n.lstrip("-").isdigit() for n in names):
+            return None
+        if len(names) > len(self.names):
+            raise DatasetError(f"{where}: {len(names)} distinct class names ({', '.join(names[:6])}...) for a model "
+                               f"of {len(self.names)} classes")
+        order = Labels(names + self.names[len(names):])
+        order.note = (f"labels by name in AutoTimm's order (the sorted names: {', '.join(names[:8])}"
+                      f"{'...' if len(names) > 8 else ''}), the model records no class names: pass --class-names")
+        return order
 
     def __call__(self, value: Any, where: str) -> int:
         if isinstance(value, bool):

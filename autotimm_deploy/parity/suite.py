@@ -343,8 +343,11 @@ def check_artifacts(
 
         dataset = load_dataset(data, class_names, loaded.task, annotations, limit)
         say(f"data: {dataset.describe()}" + (f" ({len(dataset.skipped)} unannotated images skipped)" if dataset.skipped else ""))
+        for note in dataset.notes:
+            say(f"      note: {note}")
         images = [load_image(s.path) for s in dataset.samples]
         inputs = {"mode": "data", "root": str(dataset.root), "images": len(images), "format": dataset.format,
+                  "notes": list(dataset.notes),
                   "annotation_file": str(dataset.annotation_file) if dataset.annotation_file else None}
     else:
         inputs = {"mode": "random", "count": random, "seed": seed}

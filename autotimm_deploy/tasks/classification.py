@@ -1,8 +1,10 @@
 """Image classification: one ``logits`` output, probabilities by the family's activation (softmax, or sigmoid for
 multi-label families); top-1 agreement with PyTorch at the task level, top-1 accuracy as the metric.
 
-Annotation formats: class folders (``root/<class name>/*.png``), ``annotations.csv`` with the header ``file,label``,
-or per-image JSON ``photo.json`` = ``{"label": ...}``; labels are class names or indices.
+Annotation formats: class folders (``root/<class name>/*.png``), ``annotations.csv`` with the header ``file,label``
+(or AutoTimm's ``image_path,label``), or per-image JSON ``photo.json`` = ``{"label": ...}``; labels are class names or
+indices.  For a model that records no class names (an AutoTimm checkpoint exported without ``--class-names``),
+names are numbered as AutoTimm's datasets do: the sorted distinct names (ImageFolder's order).
 """
 
 from __future__ import annotations
@@ -108,8 +110,13 @@ class ClassificationTask(Task):
             return _read_csv(root, root / "annotations.csv", labels)
         if images and any(p.with_suffix(".json").is_file() for p in images):
             return _read_json_labels(root, images, labels)
-        if images and all(p.parent != root for p in images) and {p.parent.name for p in images} <= set(labels.index):
-            return Dataset(root, [Sample(p, label=labels.index[p.parent.name]) for p in images], "folders")
+        if images and all(p.parent != root for p in images):
+            folders = {p.parent.name for p in images}
+            order = None if folders <= set(labels.index) else labels.autotimm_order(folders, str(root))
+            if folders <= set((order or labels).index):  # by name, or ImageFolder's sorted order (AutoTimm's)
+                index = (order or labels).index
+                return Dataset(root, [Sample(p, label=index[p.parent.name]) for p in images], "folders",
+                               notes=[order.note] if order else [])
         return None
 
     def triton_outputs(self, num_classes: int, top_k: int) -> List[TritonTensor]:
@@ -145,11 +152,13 @@ def _read_json_labels(root: Path, images, labels) -> Dataset:
 def _read_csv(root: Path, path: Path, labels) -> Dataset:
     rows = read_csv(path)
     header = [h.strip().lower() for h in rows[0]]
-    if header == ["file", "x1", "y1", "x2", "y2", "label"]:
+    if header in (["file", "x1", "y1", "x2", "y2", "label"], ["image_path", "x_min", "y_min", "x_max", "y_max", "label"]):
         raise DatasetError(f"{path}: detection annotations for a classification model")
-    if header != CSV_HEADER:
-        raise DatasetError(f"{path}: line 1: header must be {','.join(CSV_HEADER)} (classification), got "
-                           f"{','.join(rows[0])}")
+    if header not in (CSV_HEADER, ["image_path", "label"]):
+        raise DatasetError(f"{path}: line 1: header must be {','.join(CSV_HEADER)} or AutoTimm's image_path,label "
+                           f"(classification), got {','.join(rows[0])}")
+    order = labels.autotimm_order([r[1] for r in rows[1:] if len(r) == 2 and r[1].strip()], str(path))
+    labels = order or labels
     per: Dict[Path, Sample] = {}
     for n, row in enumerate(rows[1:], start=2):
         where = f"{path}: line {n}"
@@ -163,4 +172,5 @@ def _read_csv(root: Path, path: Path, labels) -> Dataset:
         if p in per:
             raise DatasetError(f"{where}: {row[0].strip()!r} is listed twice")
         per[p] = Sample(p, label=labels(row[1].strip(), f"{where}: label"))
-    return Dataset(root, sorted(per.values(), key=lambda s: str(s.path)), "csv", path)
+    return Dataset(root, sorted(per.values(), key=lambda s: str(s.path)), "csv", path,
+                   notes=[order.note] if order else [])

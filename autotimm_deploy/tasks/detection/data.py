@@ -6,8 +6,9 @@
   every name is a class name, otherwise by id (ids must then be 0..num_classes-1).  Images of the file that are
   not on disk are an error; images on disk that the file does not list are skipped.
 - **Per-image JSON**: ``photo.png`` + ``photo.json`` with ``{"boxes": [[x1, y1, x2, y2], ...], "labels": [...]}``.
-- **CSV**: ``annotations.csv`` with the header ``file,x1,y1,x2,y2,label`` (one row per box; a row with only
-  ``file`` is an image without objects).
+- **CSV**: ``annotations.csv`` with the header ``file,x1,y1,x2,y2,label`` or AutoTimm's
+  ``image_path,x_min,y_min,x_max,y_max,label`` (one row per box; a row with only the file is an image without
+  objects).  For a model without class names, label names are numbered as AutoTimm's dataset does (sorted).
 
 Labels may be class names or integer indices.  Any malformed entry raises
 :class:`~autotimm_deploy.datasets.DatasetError` naming the file and the entry.
@@ -25,6 +26,8 @@ from ...datasets import Dataset, DatasetError, Labels, Sample, list_images, pars
 __all__ = ["read_coco", "read_box_annotations", "det_arrays", "CSV_HEADER"]
 
 CSV_HEADER = ["file", "x1", "y1", "x2", "y2", "label"]
+#: AutoTimm's ``CSVDetectionDataset`` columns (the same meaning: xyxy pixels, a class name or index).
+AUTOTIMM_CSV_HEADER = ["image_path", "x_min", "y_min", "x_max", "y_max", "label"]
 
 
 def det_arrays(boxes: List[List[float]], labels: List[int]):
@@ -109,10 +112,13 @@ def _read_per_image_json(root: Path, images: List[Path], labels: Labels) -> Data
 def _read_csv(root: Path, path: Path, labels: Labels, task: str) -> Dataset:
     rows = read_csv(path)
     header = [h.strip().lower() for h in rows[0]]
-    if header == ["file", "label"]:
+    if header in (["file", "label"], ["image_path", "label"]):
         raise DatasetError(f"{path}: classification annotations for a {task} model")
-    if header != CSV_HEADER:
-        raise DatasetError(f"{path}: line 1: header must be {','.join(CSV_HEADER)} ({task}), got {','.join(rows[0])}")
+    if header not in (CSV_HEADER, AUTOTIMM_CSV_HEADER):
+        raise DatasetError(f"{path}: line 1: header must be {','.join(CSV_HEADER)} or AutoTimm's "
+                           f"{','.join(AUTOTIMM_CSV_HEADER)} ({task}), got {','.join(rows[0])}")
+    order = labels.autotimm_order([r[5] for r in rows[1:] if len(r) == 6 and r[5].strip()], str(path))
+    labels = order or labels
     per: Dict[Path, Sample] = {}
     for n, row in enumerate(rows[1:], start=2):
         where = f"{path}: line {n}"
@@ -131,7 +137,7 @@ def _read_csv(root: Path, path: Path, labels: Labels, task: str) -> Dataset:
     samples = sorted(per.values(), key=lambda s: str(s.path))
     for s in samples:
         s.boxes, s.labels = det_arrays(s.boxes, s.labels)
-    return Dataset(root, samples, "csv", path)
+    return Dataset(root, samples, "csv", path, notes=[order.note] if order else [])
 
 
 def read_box_annotations(root: Path, images: List[Path], labels: Labels, annotations: Optional[Path],
