@@ -169,10 +169,11 @@ def export_onnx_with_forward(loaded: LoadedModel, config: ExportConfig,
         exporter = "torchscript"
     except Exception as exc:  # unsupported op, tracing failure
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        if not (dynamic_axes and "input size not accessible" in first):
-            raise ExportError(f"ONNX export of {loaded.config.get('backbone')!r} failed: {first}") from exc
-        # ops such as adaptive_max_pool2d (bat_resnext26ts) and Unfold (halonet) need static sizes in the
-        # TorchScript exporter; the dynamo exporter keeps them symbolic (slower: 20-80 s; opset >= 18)
+        if "translating" in str(exc):  # which op: "(Occurred when translating col2im)."
+            first += " " + str(exc).strip().splitlines()[-1].strip()
+        # the dynamo exporter where the TorchScript one fails: ops such as adaptive_max_pool2d (bat_resnext26ts) and
+        # Unfold (halonet) need static sizes in the TorchScript exporter, whose col2im (Fold: volo) fails at opset 18;
+        # the dynamo exporter keeps sizes symbolic and exports them (slower: 20-80 s; opset >= 18)
         try:
             onnx_model = _export_dynamo(view, dummy, output_names, config)
         except Exception as exc2:
