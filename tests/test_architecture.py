@@ -155,3 +155,18 @@ def test_no_generic_stage_branches_on_a_task_or_family_name():
             offenders += [f"{rel}: {m.group(0)}" for m in _TASK_NAME.finditer(text)]
         offenders += [f"{rel}: {m.group(0)}" for m in re.finditer(r"family\.name\s*(==|!=|in)\s", text)]
     assert offenders == []
+
+
+def test_doctests_build_no_engine():
+    """The doctests run with every test run, the fast tier included: none builds an engine (each export in a
+    doctest says engine="none"; engine builds are tests/engines/)."""
+    offenders = []
+    for p in PKG.rglob("*.py"):
+        for n, line in enumerate(p.read_text().splitlines(), 1):
+            code = line.strip()
+            if not code.startswith((">>>", "...")):
+                continue
+            if re.search(r"\b(engine_from_onnx|build_engine)\(", code) or (
+                    "export_model(" in code and 'engine="none"' not in code):
+                offenders.append(f"{p.relative_to(PKG.parent)}:{n}: {code}")
+    assert offenders == []

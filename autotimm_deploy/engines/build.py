@@ -8,21 +8,17 @@ a :class:`BuiltEngine`.  :func:`engine_from_onnx` adds the sidecar and the cache
 Parser and builder errors become :class:`~autotimm_deploy.errors.EngineBuildError` naming the ONNX
 node and op that failed.
 
->>> # builds a real engine ahead of time, no GPU needed:
->>> import tempfile, pathlib
->>> from autotimm_deploy.engines.library import import_library
->>> from autotimm_deploy.engines.build import BuildConfig, engine_from_onnx, static_profile
->>> from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
->>> from autotimm_deploy.models.readers import load_model_file
->>> from autotimm_deploy.demo import demo_model_path
->>> d = pathlib.Path(tempfile.mkdtemp())
->>> _ = (d / "m.onnx").write_bytes(export_onnx(load_model_file(demo_model_path("classifier")),
-...                                ExportConfig(input_size=(64, 64))).SerializeToString())
->>> side = engine_from_onnx(d / "m.onnx", d / "m.engine", import_library("tensorrt-rtx"),
-...                         BuildConfig(profiles=[static_profile("images", (1, 3, 64, 64))], targets=("SM86",)),
-...                         cache=None, progress=None)
->>> side["library"]["name"], side["precision"], side["io"]["outputs"][0]["name"], side["cache"]
-('tensorrt-rtx', 'fp32', 'logits', 'off')
+Example (it builds a real engine ahead of time, no GPU needed; ``tests/engines/test_build.py`` runs it, doctests
+build no engine)::
+
+    from autotimm_deploy.engines.library import import_library
+    from autotimm_deploy.engines.build import BuildConfig, engine_from_onnx, static_profile
+
+    side = engine_from_onnx("m.onnx", "m.engine", import_library("tensorrt-rtx"),
+                            BuildConfig(profiles=[static_profile("images", (1, 3, 64, 64))], targets=("SM86",)),
+                            cache=None, progress=None)
+    side["library"]["name"], side["precision"], side["io"]["outputs"][0]["name"], side["cache"]
+    # ('tensorrt-rtx', 'fp32', 'logits', 'off')
 """
 
 from __future__ import annotations

@@ -268,3 +268,21 @@ def test_library_selection(monkeypatch):
         select_library("tensorrt")
     with pytest.raises(EngineError, match="must be one of"):
         select_library("onnx")
+
+
+def test_module_example_builds_an_engine_ahead_of_time(tmp_path):
+    """engines/build.py's example (doctests build no engine: it runs here)."""
+    from autotimm_deploy.demo import demo_model_path
+    from autotimm_deploy.engines.build import BuildConfig, engine_from_onnx, static_profile
+    from autotimm_deploy.engines.library import import_library
+    from autotimm_deploy.exporters.onnx_export import ExportConfig, export_onnx
+    from autotimm_deploy.models.readers import load_model_file
+
+    (tmp_path / "m.onnx").write_bytes(export_onnx(load_model_file(demo_model_path("classifier")),
+                                                  ExportConfig(input_size=(64, 64))).SerializeToString())
+    side = engine_from_onnx(tmp_path / "m.onnx", tmp_path / "m.engine", import_library("tensorrt-rtx"),
+                            BuildConfig(profiles=[static_profile("images", (1, 3, 64, 64))], targets=("SM86",)),
+                            cache=None, progress=None)
+    assert (side["library"]["name"], side["precision"], side["io"]["outputs"][0]["name"], side["cache"]) == \
+        ("tensorrt-rtx", "fp32", "logits", "off")
+    assert (tmp_path / "m.engine").stat().st_size == side["engine"]["bytes"] > 100_000
