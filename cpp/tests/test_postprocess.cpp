@@ -112,6 +112,10 @@ static void test_to_image_and_json() {
   Letterbox lb{0.5f, 500, 60};
   to_image_pixels(d, lb);
   CHECK(near(d[0].x1, 20) && near(d[0].y1, 40) && near(d[0].x2, 500) && near(d[0].y2, 60));  // clipped
+  std::vector<Detection> inside_out = {{40, 30, 20, 10, 0.5f, 0}};  // l + r < 0 (AutoTimm YOLOX): x2 < x1, y2 < y1
+  to_image_pixels(inside_out, lb);
+  CHECK(near(inside_out[0].x1, 40) && near(inside_out[0].y1, 20) && near(inside_out[0].x2, 80) &&
+        near(inside_out[0].y2, 60));  // corners ordered as the Python runtime's
   const std::string js = detections_json(d, lb, {"a", "b\"q"}, "x.ppm");
   const Json parsed = Json::parse(js);
   CHECK(parsed["image"].string() == "x.ppm" && parsed["width"].integer() == 500);
