@@ -2,9 +2,11 @@
 """INT8, measured: task metrics of FP32 / FP16 / INT8 (before and after the repair) on the demo models for each
 calibration method, and CPU speed, size and tensor error of INT8 on resnet50-FCOS at 640.  Writes docs/int8.md.
 
-    python scripts/bench_int8.py [--calib-count 256] [--eval-count 200] [--out docs/int8.md]
+    .venv/bin/python scripts/bench_int8.py [--calib-count 256] [--eval-count 200] [--out docs/int8.md]
 
-Demo models: calibrated on the synthetic ``train`` split, gated and evaluated on the held-out ``test`` split
+First the README's INT8 commands run verbatim (its ``bash`` block under ``## INT8``, in a scratch folder beside links
+to this checkout's ``.venv`` and package): their gate figures open the page, so the page says what a reader who
+copies them gets (``tests/scripts/test_bench_int8.py`` reruns them and compares).  Demo models: calibrated on the synthetic ``train`` split, gated and evaluated on the held-out ``test`` split
 (``autotimm-export --int8 --calib train/ --int8-eval test/``, one export per calibration method); FP32 and FP16
 metrics come from ``autotimm-parity`` on the same test images.  resnet50-FCOS: random weights with randomised
 normalisation statistics (its mAP means nothing), so only speed, size, calibration time and tensor error are
@@ -15,7 +17,11 @@ ONNX Runtime CPU medians with the three graphs alternating call by call in one p
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import re
+import subprocess
 import statistics
 import sys
 import tempfile
@@ -27,6 +33,43 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def readme_int8_commands(readme: Path = ROOT / "README.md") -> List[str]:
+    """The command lines of the README's ``bash`` block under ``## INT8``, as a reader copies them."""
+    m = re.search(r"^## INT8\n+```bash\n(.*?)\n```", readme.read_text(), re.S | re.M)
+    if m is None:
+        raise SystemExit("README.md has no ```bash block right under '## INT8'")
+    return [line for line in m.group(1).splitlines() if line.strip()]
+
+
+def readme_int8(workdir: Path) -> Dict:
+    """Run the README's INT8 commands verbatim in ``workdir`` (``.venv`` and ``autotimm_deploy`` linked from this
+    checkout, as in a clone) and return the manifest they wrote."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in (".venv", "autotimm_deploy"):
+        if not (workdir / name).exists():
+            os.symlink(ROOT / name, workdir / name)
+    commands = readme_int8_commands()
+    for cmd in commands:
+        done = subprocess.run(["bash", "-c", cmd], cwd=workdir, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"README INT8 command failed ({done.returncode}): {cmd}\n{done.stderr[-2000:]}")
+    outs = [m.group(1) for c in commands for m in [re.search(r"--out (\S+)", c)] if m]
+    return json.loads((workdir / outs[-1] / "manifest.json").read_text())
+
+
+def readme_rows(manifest: Dict) -> List[str]:
+    """The table of what the README's INT8 commands measured: per INT8 form, the metric, its drop and the gate."""
+    q = manifest["int8"]
+    rows = ["| artifact | mAP@0.5:0.95 PyTorch FP32 | INT8 | drop (points) | gate | repair: layers kept FP32 |",
+            "|---|---|---|---|---|---|"]
+    for form, gate in q["steps"][-1]["gate"].items():
+        key = gate["metric"]
+        rows.append(f"| {q['forms'][form]['file']} | "
+                    f"{100 * gate['reference_metrics'][key]:.2f} | {100 * gate['metrics'][key]:.2f} | "
+                    f"{gate['drop_points']:+.2f} | {'pass' if gate['passed'] else 'FAIL'} | {len(q['kept_fp32'])} |")
+    return rows
 
 
 def _metric(res) -> Dict[str, float]:
@@ -152,6 +195,8 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(2)
     data = Path(tempfile.mkdtemp())
+    readme = readme_rows(readme_int8(data / "readme"))
+    print("\n".join(readme), flush=True)
     methods = args.methods.split(",")
     rows = demo_rows("detector", write_detection_split(data / "dc", "train", args.calib_count),
                      write_detection_split(data / "de", "test", args.eval_count), args.calib_count, methods,
@@ -164,8 +209,14 @@ def main() -> int:
     flags = Path("/proc/cpuinfo").read_text()
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
     lines = ["# INT8: accuracy, repair and CPU speed", "",
-             f"Measured {time.strftime('%Y-%m-%d')} by `python scripts/bench_int8.py` on {cpu} ({torch.get_num_threads()} "
+             f"Measured {time.strftime('%Y-%m-%d')} by `.venv/bin/python scripts/bench_int8.py` on {cpu} ({torch.get_num_threads()} "
              f"threads, AVX-VNNI/AVX512-VNNI: {'yes' if vnni else 'no'}), onnxruntime {onnxruntime.__version__}, no GPU.",
+             "", "## The README's INT8 commands", "",
+             "What the two commands under README's *INT8* produce, run verbatim in a fresh folder (the demo detector, "
+             "calibrated on 256 `train` images, gated on 200 `test` images):", "", "```bash", *readme_int8_commands(),
+             "```", "", *readme, "",
+             "The minmax detector rows below are the same export; `tests/scripts/test_bench_int8.py` reruns the "
+             "commands and checks these figures.",
              "", "## Demo models: task metric on the held-out test split", "",
              f"Calibrated on {args.calib_count} `train` images, gated and evaluated on {args.eval_count} `test` images "
              "(mAP@0.5:0.95 for the detector, top-1 for the classifier, in points; drop = PyTorch FP32 minus the "
