@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+from PIL import Image
 
 from autotimm_deploy.cli.export import main as export_main
 from autotimm_deploy.cli.infer import main as infer_main
@@ -31,13 +32,18 @@ DET = str(demo_model_path("detector"))
     (["--int8", "--calib", "{dir}", "--int8-eval", "{dir}", "--int8-max-drop", "-1"], "--int8-max-drop must be >= 0"),
     (["--int8", "--calib", "{dir}", "--int8-eval", "{dir}", "--no-check"], "--int8 is gated on accuracy; it cannot"),
     (["--calib", "{dir}"], "--calib and --int8-eval apply to --int8"),
+    (["--int8", "--calib", "{empty}", "--int8-eval", "{dir}"], "--calib .*/empty: no images in the folder"),
+    (["--int8", "--calib", "{dir}", "--int8-eval", "{empty}"], "--int8-eval .*/empty: no images in the folder"),
 ])
 def test_bad_options_fail_up_front_naming_the_flag(tmp_path, capsys, argv, message):
     import re
 
     (tmp_path / "file").write_text("a file, not a folder")
     (tmp_path / "dir").mkdir()
-    argv = [a.replace("{file}", str(tmp_path / "file")).replace("{dir}", str(tmp_path / "dir")) for a in argv]
+    Image.new("RGB", (8, 8)).save(tmp_path / "dir" / "a.png")  # a folder with an image: the next check speaks
+    (tmp_path / "empty").mkdir()
+    argv = [a.replace("{file}", str(tmp_path / "file")).replace("{dir}", str(tmp_path / "dir"))
+            .replace("{empty}", str(tmp_path / "empty")) for a in argv]
     out = tmp_path / "out"
     start = time.perf_counter()
     assert export_main([DET, "--out", str(out), *argv]) == 2

@@ -134,7 +134,15 @@ def test_instance_split_reads_back_with_autotimm_and_pycocotools(tmp_path):
     assert dm.val_dataset is None  # no val split written
     batch = next(iter(dm.train_dataloader()))
     assert tuple(batch["image"].shape) == (4, 3, 128, 128)
-    assert all(m.shape[0] == len(b) for m, b in zip(batch["masks"], batch["boxes"]))
+    # the train loader's random augmentation may drop a box and keep its mask (AutoTimm 0.7.37: 2 of 40 seeds),
+    # so mask and box counts are compared where AutoTimm transforms deterministically: a val split
+    write_instance_split(tmp_path, "val", 4)
+    dm = InstanceSegmentationDataModule(data_dir=str(root), image_size=128, batch_size=4, num_workers=0)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert tuple(batch["image"].shape) == (4, 3, 128, 128)
+    assert [m.shape[0] for m in batch["masks"]] == [len(b) for b in batch["boxes"]]
+    assert sum(len(b) for b in batch["boxes"]) > 0
 
 
 def test_instance_masks_evaluate_with_cocoeval(tmp_path):
