@@ -1,5 +1,5 @@
-"""Check and load engines.  An engine is code for the GPU: nothing is deserialised before it passes
-every check that does not need the library to parse it.
+"""Check engines before loading them (:mod:`autotimm_deploy.engines.load` loads).  An engine is code for the GPU:
+nothing is deserialised before it passes every check that does not need the library to parse it.
 
 :func:`check_engine` (no GPU needed), in order:
 
@@ -11,8 +11,8 @@ every check that does not need the library to parse it.
 
 :func:`engine_runnable` then says whether *this* machine can execute it (a CUDA GPU, and for
 TensorRT-RTX a compute capability among the engine's targets; for full TensorRT the same GPU model).
-:func:`load_engine` runs the library's own validity check (``IRuntime.get_engine_validity``, which
-needs a GPU) and deserialises, with engine host code disallowed unless ``allow_host_code=True``.
+:func:`deserialize` hands the checked bytes to the library (``load.load_engine`` first runs the library's own
+validity check).
 
 >>> import tempfile, pathlib
 >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.engine"

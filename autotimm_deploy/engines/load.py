@@ -1,24 +1,13 @@
-"""Check and load engines.  An engine is code for the GPU: nothing is deserialised before it passes
-every check that does not need the library to parse it.
-
-:func:`check_engine` (no GPU needed), in order:
-
-1. the sidecar ``<engine>.json`` exists and is an autotimm-deploy sidecar;
-2. the file's size and SHA-256 equal the sidecar's (truncated or modified files stop here);
-3. the file starts with the magic bytes of the library the sidecar names (``vtrt`` TensorRT-RTX,
-   ``ftrt`` TensorRT): an ONNX file renamed ``.engine`` or another library's engine stops here;
-4. that library is installed, in exactly the sidecar's version.
-
-:func:`engine_runnable` then says whether *this* machine can execute it (a CUDA GPU, and for
-TensorRT-RTX a compute capability among the engine's targets; for full TensorRT the same GPU model).
-:func:`load_engine` runs the library's own validity check (``IRuntime.get_engine_validity``, which
-needs a GPU) and deserialises, with engine host code disallowed unless ``allow_host_code=True``.
+"""Load an engine: :func:`load_engine` runs the checks of :mod:`autotimm_deploy.engines.checks` (sidecar, size and
+SHA-256, magic bytes, library version: no GPU needed, nothing deserialised before they pass), then the library's
+own validity check (``IRuntime.get_engine_validity``, which needs a GPU) and deserialises, with engine host code
+disallowed unless ``allow_host_code=True``.  ``check_engine`` and ``engine_runnable`` are re-exported here.
 
 >>> import tempfile, pathlib
 >>> p = pathlib.Path(tempfile.mkdtemp()) / "x.engine"
 >>> _ = p.write_bytes(b"not an engine")
 >>> try:
-...     check_engine(p)
+...     load_engine(p)
 ... except Exception as e:
 ...     print(type(e).__name__)
 EngineIncompatible
