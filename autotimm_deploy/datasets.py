@@ -11,14 +11,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import AutotimmError
 
-__all__ = ["DatasetError", "Sample", "Dataset", "Labels", "list_images", "read_json", "read_csv", "parse_box",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["DatasetError", "Sample", "Dataset", "Labels", "list_images", "read_json", "read_csv", "read_csv_table",
+           "CsvTable", "parse_box", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 
@@ -148,3 +148,39 @@ def read_csv(path: Path) -> List[List[str]]:
     if not rows:
         raise DatasetError(f"{path}: empty CSV (it needs a header line)")
     return rows
+
+
+@dataclass
+class CsvTable:
+    """An annotation CSV read by :func:`read_csv_table`: the labels to read it with (AutoTimm's order for a model
+    without class names), the note saying so, and each non-blank line as (where, image path, fields)."""
+
+    labels: Labels
+    notes: List[str]
+    rows: List[Tuple[str, Path, List[str]]]
+
+
+def read_csv_table(root: Path, path: Path, labels: Labels, headers: Tuple[Sequence[str], Sequence[str]],
+                   label_column: int, what: str, foreign: Sequence[Tuple[Sequence[str], str]] = ()) -> CsvTable:
+    """A task's annotation CSV: its header must be ``headers[0]`` (ours) or ``headers[1]`` (AutoTimm's); a header in
+    ``foreign`` is another task's and refused with its message; every listed image must exist under ``root``."""
+    rows = read_csv(path)
+    header = [h.strip().lower() for h in rows[0]]
+    for other, message in foreign:
+        if header == list(other):
+            raise DatasetError(f"{path}: {message}")
+    if header not in (list(headers[0]), list(headers[1])):
+        raise DatasetError(f"{path}: line 1: header must be {','.join(headers[0])} or AutoTimm's "
+                           f"{','.join(headers[1])} ({what}), got {','.join(rows[0])}")
+    n = len(headers[0])
+    order = labels.autotimm_order([r[label_column] for r in rows[1:] if len(r) == n and r[label_column].strip()],
+                                  str(path))
+    out = []
+    for k, row in enumerate(rows[1:], start=2):
+        if not row or all(not c.strip() for c in row):
+            continue
+        where, p = f"{path}: line {k}", root / row[0].strip()
+        if not p.is_file():
+            raise DatasetError(f"{where}: image file {row[0].strip()!r} not found in {root}")
+        out.append((where, p, row))
+    return CsvTable(order or labels, [order.note] if order else [], out)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..datasets import Dataset, DatasetError, Sample, read_csv, read_json
+from ..datasets import Dataset, DatasetError, Sample, read_csv_table, read_json
 from .base import Task, TritonTensor
 
 __all__ = ["ClassificationTask", "Classification", "probabilities", "CSV_HEADER"]
@@ -150,27 +150,14 @@ def _read_json_labels(root: Path, images, labels) -> Dataset:
 
 
 def _read_csv(root: Path, path: Path, labels) -> Dataset:
-    rows = read_csv(path)
-    header = [h.strip().lower() for h in rows[0]]
-    if header in (["file", "x1", "y1", "x2", "y2", "label"], ["image_path", "x_min", "y_min", "x_max", "y_max", "label"]):
-        raise DatasetError(f"{path}: detection annotations for a classification model")
-    if header not in (CSV_HEADER, ["image_path", "label"]):
-        raise DatasetError(f"{path}: line 1: header must be {','.join(CSV_HEADER)} or AutoTimm's image_path,label "
-                           f"(classification), got {','.join(rows[0])}")
-    order = labels.autotimm_order([r[1] for r in rows[1:] if len(r) == 2 and r[1].strip()], str(path))
-    labels = order or labels
+    detection = (["file", "x1", "y1", "x2", "y2", "label"], ["image_path", "x_min", "y_min", "x_max", "y_max", "label"])
+    table = read_csv_table(root, path, labels, (CSV_HEADER, ["image_path", "label"]), 1, "classification",
+                           foreign=[(h, "detection annotations for a classification model") for h in detection])
     per: Dict[Path, Sample] = {}
-    for n, row in enumerate(rows[1:], start=2):
-        where = f"{path}: line {n}"
-        if not row or all(not c.strip() for c in row):
-            continue
-        p = root / row[0].strip()
-        if not p.is_file():
-            raise DatasetError(f"{where}: image file {row[0].strip()!r} not found in {root}")
+    for where, p, row in table.rows:
         if len(row) != 2:
             raise DatasetError(f"{where}: expected 2 fields (file,label), got {len(row)}")
         if p in per:
             raise DatasetError(f"{where}: {row[0].strip()!r} is listed twice")
-        per[p] = Sample(p, label=labels(row[1].strip(), f"{where}: label"))
-    return Dataset(root, sorted(per.values(), key=lambda s: str(s.path)), "csv", path,
-                   notes=[order.note] if order else [])
+        per[p] = Sample(p, label=table.labels(row[1].strip(), f"{where}: label"))
+    return Dataset(root, sorted(per.values(), key=lambda s: str(s.path)), "csv", path, notes=table.notes)

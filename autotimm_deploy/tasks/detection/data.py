@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ...datasets import Dataset, DatasetError, Labels, Sample, list_images, parse_box, read_csv, read_json
+from ...datasets import Dataset, DatasetError, Labels, Sample, list_images, parse_box, read_csv_table, read_json
 
 __all__ = ["read_coco", "read_box_annotations", "det_arrays", "CSV_HEADER"]
 
@@ -110,34 +110,22 @@ def _read_per_image_json(root: Path, images: List[Path], labels: Labels) -> Data
 
 
 def _read_csv(root: Path, path: Path, labels: Labels, task: str) -> Dataset:
-    rows = read_csv(path)
-    header = [h.strip().lower() for h in rows[0]]
-    if header in (["file", "label"], ["image_path", "label"]):
-        raise DatasetError(f"{path}: classification annotations for a {task} model")
-    if header not in (CSV_HEADER, AUTOTIMM_CSV_HEADER):
-        raise DatasetError(f"{path}: line 1: header must be {','.join(CSV_HEADER)} or AutoTimm's "
-                           f"{','.join(AUTOTIMM_CSV_HEADER)} ({task}), got {','.join(rows[0])}")
-    order = labels.autotimm_order([r[5] for r in rows[1:] if len(r) == 6 and r[5].strip()], str(path))
-    labels = order or labels
+    table = read_csv_table(root, path, labels, (CSV_HEADER, AUTOTIMM_CSV_HEADER), 5, task,
+                           foreign=[(h, f"classification annotations for a {task} model")
+                                    for h in (["file", "label"], ["image_path", "label"])])
     per: Dict[Path, Sample] = {}
-    for n, row in enumerate(rows[1:], start=2):
-        where = f"{path}: line {n}"
-        if not row or all(not c.strip() for c in row):
-            continue
-        p = root / row[0].strip()
-        if not p.is_file():
-            raise DatasetError(f"{where}: image file {row[0].strip()!r} not found in {root}")
+    for where, p, row in table.rows:
         s = per.setdefault(p, Sample(p, boxes=[], labels=[]))
         if len(row) == 1 or all(not c.strip() for c in row[1:]):
             continue  # an image without objects
         if len(row) != 6:
             raise DatasetError(f"{where}: expected 6 fields (file,x1,y1,x2,y2,label), got {len(row)}")
         s.boxes.append(parse_box(row[1:5], f"{where}: box"))
-        s.labels.append(labels(row[5].strip(), f"{where}: label"))
+        s.labels.append(table.labels(row[5].strip(), f"{where}: label"))
     samples = sorted(per.values(), key=lambda s: str(s.path))
     for s in samples:
         s.boxes, s.labels = det_arrays(s.boxes, s.labels)
-    return Dataset(root, samples, "csv", path, notes=[order.note] if order else [])
+    return Dataset(root, samples, "csv", path, notes=table.notes)
 
 
 def read_box_annotations(root: Path, images: List[Path], labels: Labels, annotations: Optional[Path],
