@@ -11,14 +11,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import AutotimmError
 
 __all__ = ["DatasetError", "Sample", "Dataset", "Labels", "list_images", "read_json", "read_csv", "read_csv_table",
-           "CsvTable", "parse_box", "IMAGE_EXTENSIONS"]
+           "CsvTable", "read_per_image_json", "parse_box", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".webp")
 
@@ -184,3 +184,17 @@ def read_csv_table(root: Path, path: Path, labels: Labels, headers: Tuple[Sequen
             raise DatasetError(f"{where}: image file {row[0].strip()!r} not found in {root}")
         out.append((where, p, row))
     return CsvTable(order or labels, [order.note] if order else [], out)
+
+
+def read_per_image_json(root: Path, images: Sequence[Path]) -> Iterator[Tuple[Path, Path, Dict]]:
+    """Per-image JSON annotations (``photo.json`` beside ``photo.png``): (image, JSON path, object) for each image;
+    a missing file or one that is not a JSON object is a :class:`DatasetError` naming it."""
+    for p in images:
+        jp = p.with_suffix(".json")
+        if not jp.is_file():
+            raise DatasetError(f"{jp}: missing: per-image JSON annotations need one .json next to every image "
+                               f"(found for some images in {root})")
+        d = read_json(jp)
+        if not isinstance(d, dict):
+            raise DatasetError(f"{jp}: must be a JSON object")
+        yield p, jp, d

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..datasets import Dataset, DatasetError, Sample, read_csv_table, read_json
+from ..datasets import Dataset, DatasetError, Sample, read_csv_table, read_per_image_json
 from .base import Task, TritonTensor
 
 __all__ = ["ClassificationTask", "Classification", "probabilities", "CSV_HEADER"]
@@ -135,14 +135,7 @@ class ClassificationTask(Task):
 
 def _read_json_labels(root: Path, images, labels) -> Dataset:
     samples = []
-    for p in images:
-        jp = p.with_suffix(".json")
-        if not jp.is_file():
-            raise DatasetError(f"{jp}: missing: per-image JSON annotations need one .json next to every image "
-                               f"(found for some images in {root})")
-        d = read_json(jp)
-        if not isinstance(d, dict):
-            raise DatasetError(f"{jp}: must be a JSON object")
+    for p, jp, d in read_per_image_json(root, images):
         if "label" not in d:
             raise DatasetError(f"{jp}: needs a 'label' (class name or index)")
         samples.append(Sample(p, label=labels(d["label"], f"{jp}: label")))

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ...datasets import Dataset, DatasetError, Labels, Sample, list_images, parse_box, read_csv_table, read_json
+from ...datasets import Dataset, DatasetError, Labels, Sample, list_images, parse_box, read_csv_table, read_json, read_per_image_json
 
 __all__ = ["read_coco", "read_box_annotations", "det_arrays", "CSV_HEADER"]
 
@@ -92,14 +92,7 @@ def read_coco(root: Path, path: Path, labels: Labels, masks: bool = False) -> Da
 
 def _read_per_image_json(root: Path, images: List[Path], labels: Labels) -> Dataset:
     samples = []
-    for p in images:
-        jp = p.with_suffix(".json")
-        if not jp.is_file():
-            raise DatasetError(f"{jp}: missing: per-image JSON annotations need one .json next to every image "
-                               f"(found for some images in {root})")
-        d = read_json(jp)
-        if not isinstance(d, dict):
-            raise DatasetError(f"{jp}: must be a JSON object")
+    for p, jp, d in read_per_image_json(root, images):
         bx, lb = d.get("boxes", []), d.get("labels", [])
         if not isinstance(bx, list) or not isinstance(lb, list) or len(bx) != len(lb):
             raise DatasetError(f"{jp}: needs 'boxes' and 'labels' lists of the same length")
