@@ -95,6 +95,13 @@ class HParams(Mapping):
             raise self.error(f"hyper_parameters {key}={value!r} must be a number")
         return builtins.float(value)
 
+    def detection_postprocess(self, score_thresh: builtins.float, nms_thresh: builtins.float) -> Dict[builtins.str, Any]:
+        """An AutoTimm detector's post-processing hyper-parameters (``score_thresh``, ``nms_thresh``,
+        ``max_detections_per_image``, with its class's defaults) as :meth:`Family.with_postprocess` arguments."""
+        return {"score_thresh": self.float("score_thresh", score_thresh),
+                "iou_thresh": self.float("nms_thresh", nms_thresh),
+                "max_detections": self.int("max_detections_per_image", 100)}
+
     def str(self, key: builtins.str, default: Any = None, required: builtins.bool = False) -> Any:
         """A string."""
         value = self._value(key, required)

@@ -228,9 +228,7 @@ def build_object_detector(h: HParams, state: Dict[str, Tensor]) -> Tuple[nn.Modu
               "strides": strides}
     model = build_and_load(h.path, lambda: AutotimmDetector(**config), state,
                            f"an AutoTimm {arch.upper()} ObjectDetector ({backbone!r})")
-    model.family = model.family.with_postprocess(
-        score_thresh=h.float("score_thresh", 0.05), iou_thresh=h.float("nms_thresh", 0.5),
-        max_detections=h.int("max_detections_per_image", 100))
+    model.family = model.family.with_postprocess(**h.detection_postprocess(0.05, 0.5))
     return model, config
 
 

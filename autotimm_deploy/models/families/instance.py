@@ -227,9 +227,7 @@ def build_instance_segmentor(h: HParams, state: Dict[str, Tensor]) -> Tuple[nn.M
               "strides": strides}
     model = build_and_load(h.path, lambda: AutotimmInstanceSegmentor(**config), state,
                            f"an AutoTimm InstanceSegmentor ({backbone!r})")
-    family = model.family.with_postprocess(
-        score_thresh=h.float("score_thresh", 0.05), iou_thresh=h.float("nms_thresh", 0.5),
-        max_detections=h.int("max_detections_per_image", 100))
+    family = model.family.with_postprocess(**h.detection_postprocess(0.05, 0.5))
     model.family = replace(family, masks=replace(family.masks, threshold=h.float("mask_threshold", 0.5)))
     return model, config
 

@@ -251,9 +251,7 @@ def build_yolox_detector(h: HParams, state: Dict[str, Tensor]) -> Tuple[nn.Modul
     config = {"model_name": model_name, "num_classes": h.int("num_classes", required=True)}
     model = build_and_load(h.path, lambda: AutotimmYoloxDetector(**config), state,
                            f"an AutoTimm YOLOXDetector ({model_name!r})")
-    model.family = model.family.with_postprocess(
-        score_thresh=h.float("score_thresh", 0.01), iou_thresh=h.float("nms_thresh", 0.65),
-        max_detections=h.int("max_detections_per_image", 100))
+    model.family = model.family.with_postprocess(**h.detection_postprocess(0.01, 0.65))
     return model, config
 
 
