@@ -34,7 +34,7 @@ from .networks import export_network, fp16_network, network_profile, parity_netw
 from .onnx_export import ExportConfig, check_input_size, export_onnx_with_forward, get_metadata, max_stride
 from .options import (DECODE_MODES, DEFAULT_ISLANDS, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET,  # noqa: F401 (re-exported)
                       ExportOptions, Fp32Islands)
-from .run import NOT_IN_ONNX, ExportRun, io_info, level_sizes, parity_feeds, provenance  # noqa: F401 (re-exported)
+from .run import NOT_IN_ONNX, ExportRun, level_sizes, parity_feeds, provenance  # noqa: F401 (re-exported)
 
 __all__ = ["ExportOptions", "export_model", "parity_feeds", "level_sizes", "provenance", "STEPS", "Step"]
 
